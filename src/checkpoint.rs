@@ -1,0 +1,201 @@
+//! Model files: safetensors (every tensor in f32, readable by numpy/torch) plus JSON metadata
+//! (format name and version, library version, model config, step counters, a checksum of the
+//! tensor bytes, and an opaque `extra` string the Python layer uses for estimator state).
+//! Files are written atomically: temp file in the same directory, fsync, rename.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::Path;
+use std::sync::atomic::Ordering::Relaxed;
+
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+
+use crate::error::{Error, Result};
+use crate::model::{Model, ModelConfig};
+use crate::rng::mix64;
+
+pub const FORMAT: &str = "sparselin";
+pub const FORMAT_VERSION: u32 = 1;
+
+/// A loaded model and the extra metadata string it was saved with.
+pub struct Loaded {
+    pub model: Model,
+    pub extra: String,
+}
+
+fn checksum(mut state: u64, bytes: &[u8]) -> u64 {
+    let mut chunks = bytes.chunks_exact(8);
+    for c in &mut chunks {
+        state = mix64(state ^ u64::from_le_bytes(c.try_into().unwrap()));
+    }
+    for &b in chunks.remainder() {
+        state = mix64(state ^ b as u64);
+    }
+    state
+}
+
+fn to_le_bytes(values: &[f32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(values.len() * 4);
+    for v in values {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out
+}
+
+pub fn to_bytes(model: &Model, extra: &str) -> Result<Vec<u8>> {
+    let tensors = model.tensors();
+    let mut data: Vec<(String, Vec<usize>, Vec<u8>)> =
+        tensors.iter().map(|(name, shape, t)| (name.clone(), shape.clone(), to_le_bytes(&t.to_vec()))).collect();
+    data.sort_by(|a, b| a.0.cmp(&b.0));
+    let sum = data.iter().fold(0u64, |s, (_, _, bytes)| checksum(s, bytes));
+    let config = serde_json::to_string(&model.config).map_err(|e| Error::Io(e.to_string()))?;
+    let metadata: HashMap<String, String> = [
+        ("format", FORMAT.to_string()),
+        ("format_version", FORMAT_VERSION.to_string()),
+        ("library_version", env!("CARGO_PKG_VERSION").to_string()),
+        ("config", config),
+        ("step", model.step.load(Relaxed).to_string()),
+        ("epochs_done", model.epochs_done.load(Relaxed).to_string()),
+        ("checksum", format!("{sum:016x}")),
+        ("extra", extra.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let views = data
+        .iter()
+        .map(|(name, shape, bytes)| {
+            TensorView::new(Dtype::F32, shape.clone(), bytes).map(|v| (name.clone(), v))
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| Error::Io(format!("cannot serialize the model: {e}")))?;
+    safetensors::tensor::serialize(views, Some(metadata)).map_err(|e| Error::Io(format!("cannot serialize the model: {e}")))
+}
+
+/// Writes `bytes` to `path` so that a crash leaves either the old file or the new one.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let io = |what: &str, e: std::io::Error| Error::Io(format!("cannot {what} {}: {e}", path.display()));
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let file_name = path.file_name().ok_or_else(|| Error::Io(format!("{} is not a file path", path.display())))?;
+    let tmp = dir.join(format!(".{}.tmp-{}", file_name.to_string_lossy(), std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp).map_err(|e| io("create a temporary file for", e))?;
+        f.write_all(bytes).map_err(|e| io("write", e))?;
+        f.sync_all().map_err(|e| io("flush", e))?;
+        std::fs::rename(&tmp, path).map_err(|e| io("replace", e))?;
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+pub fn save(model: &Model, path: &Path, extra: &str) -> Result<()> {
+    write_atomically(path, &to_bytes(model, extra)?)
+}
+
+fn bad(msg: impl std::fmt::Display) -> Error {
+    Error::BadModelFile(msg.to_string())
+}
+
+pub fn from_bytes(bytes: &[u8]) -> Result<Loaded> {
+    let corrupt = |e: &dyn std::fmt::Display| bad(format!("not a readable sparselin model file (truncated or corrupted?): {e}"));
+    let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| corrupt(&e))?;
+    let st = SafeTensors::deserialize(bytes).map_err(|e| corrupt(&e))?;
+    let meta = header.metadata().clone().unwrap_or_default();
+    let field = |k: &str| meta.get(k).cloned().ok_or_else(|| bad(format!("model file metadata has no '{k}': not a sparselin model file")));
+    if field("format")? != FORMAT {
+        return Err(bad("not a sparselin model file (metadata 'format' is not 'sparselin')"));
+    }
+    let version = field("format_version")?;
+    if version != FORMAT_VERSION.to_string() {
+        return Err(bad(format!(
+            "model file format version {version} (written by sparselin {}) cannot be read by sparselin {} (format version {FORMAT_VERSION})",
+            meta.get("library_version").map_or("?", |s| s.as_str()),
+            env!("CARGO_PKG_VERSION")
+        )));
+    }
+    let config: ModelConfig = serde_json::from_str(&field("config")?).map_err(|e| bad(format!("model config in the file is invalid: {e}")))?;
+    let parse_u64 = |k: &str| -> Result<u64> { field(k)?.parse().map_err(|_| bad(format!("metadata '{k}' is not a number"))) };
+    let model = Model::new(config).map_err(|e| bad(format!("model config in the file is invalid: {e}")))?;
+    let mut names: Vec<(String, Vec<usize>)> = model.tensors().into_iter().map(|(n, s, _)| (n, s)).collect();
+    names.sort();
+    let mut sum = 0u64;
+    for (name, shape) in &names {
+        let view = st.tensor(name).map_err(|_| bad(format!("model file has no tensor '{name}'")))?;
+        if view.dtype() != Dtype::F32 || view.shape() != shape.as_slice() {
+            return Err(bad(format!(
+                "tensor '{name}' is {:?} {:?} in the file but the model needs F32 {shape:?}",
+                view.dtype(),
+                view.shape()
+            )));
+        }
+        let data = view.data();
+        sum = checksum(sum, data);
+        let values: Vec<f32> = data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        model.tensor(name)?.copy_from(&values);
+    }
+    if st.len() != names.len() {
+        return Err(bad(format!("model file has {} tensors, expected {}", st.len(), names.len())));
+    }
+    if format!("{sum:016x}") != field("checksum")? {
+        return Err(bad("model file checksum does not match its contents: the file is corrupted or was modified"));
+    }
+    model.step.store(parse_u64("step")?, Relaxed);
+    model.epochs_done.store(parse_u64("epochs_done")?, Relaxed);
+    Ok(Loaded { model, extra: meta.get("extra").cloned().unwrap_or_default() })
+}
+
+pub fn load(path: &Path) -> Result<Loaded> {
+    let bytes = std::fs::read(path).map_err(|e| Error::Io(format!("cannot read {}: {e}", path.display())))?;
+    from_bytes(&bytes).map_err(|e| match e {
+        Error::BadModelFile(m) => Error::BadModelFile(format!("{}: {m}", path.display())),
+        other => other,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::Task;
+    use crate::model::Head;
+    use crate::optim::{OptimizerConfig, OptimizerKind};
+
+    fn model() -> Model {
+        Model::new(ModelConfig {
+            n_features: 100,
+            sparse_width: 4,
+            head: Head::Mlp { hidden: vec![3] },
+            task: Task::Binary,
+            normalize: true,
+            optimizer: OptimizerConfig { kind: OptimizerKind::LazyAdam, learning_rate: 0.01, l1: 0.0, l2: 0.0 },
+            seed: 9,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn round_trip_and_corruption() {
+        let m = model();
+        m.tensor("norm.max_abs").unwrap().set(3, 7.5);
+        m.step.store(42, Relaxed);
+        let bytes = to_bytes(&m, "{\"a\":1}").unwrap();
+        let loaded = from_bytes(&bytes).unwrap();
+        assert_eq!(loaded.extra, "{\"a\":1}");
+        assert_eq!(loaded.model.step.load(Relaxed), 42);
+        for (name, _, t) in m.tensors() {
+            assert_eq!(t.to_vec(), loaded.model.tensor(&name).unwrap().to_vec(), "{name}");
+        }
+        assert!(matches!(from_bytes(&bytes[..bytes.len() - 10]), Err(Error::BadModelFile(_))));
+        let mut flipped = bytes.clone();
+        let n = flipped.len();
+        flipped[n - 5] ^= 0x40;
+        let e = from_bytes(&flipped).err().unwrap();
+        assert!(e.to_string().contains("checksum"), "{e}");
+        assert!(from_bytes(b"garbage").is_err());
+    }
+}

@@ -1,0 +1,88 @@
+//! Dense layers `out = x W + b`, W of shape [n_in, n_out] row-major. The math runs on plain
+//! thread-local slices (snapshots of the shared weights) so it vectorizes.
+
+use crate::error::Result;
+use crate::optim::{OptimizerKind, Param};
+use crate::rng::hash_to_unit;
+use crate::train::SharedF32;
+
+pub struct Dense {
+    pub weight: Param,
+    pub bias: Param,
+    pub n_in: usize,
+    pub n_out: usize,
+}
+
+impl Dense {
+    /// Glorot-uniform weights U(-a, a), a = sqrt(6 / (n_in + n_out)), from `(seed, salt, index)`;
+    /// zero bias.
+    pub fn new(n_in: usize, n_out: usize, seed: u64, salt: u64, optimizer: OptimizerKind) -> Result<Self> {
+        let a = (6.0 / (n_in + n_out) as f64).sqrt();
+        let key = seed ^ salt.wrapping_mul(0x100_0000_01B3);
+        let w = SharedF32::from_fn(n_in * n_out, |i| ((2.0 * hash_to_unit(key, i as u64) - 1.0) * a) as f32)?;
+        Ok(Self {
+            weight: Param::new(w, vec![n_in, n_out], optimizer, true)?,
+            bias: Param::new(SharedF32::zeros(n_out)?, vec![n_out], optimizer, false)?,
+            n_in,
+            n_out,
+        })
+    }
+}
+
+/// `out[b, :] = x[b, :] W + bias` for `rows` rows.
+pub fn forward(x: &[f32], w: &[f32], bias: &[f32], n_in: usize, n_out: usize, out: &mut [f32]) {
+    for (x_row, out_row) in x.chunks_exact(n_in).zip(out.chunks_exact_mut(n_out)) {
+        out_row.copy_from_slice(bias);
+        for (&xi, w_row) in x_row.iter().zip(w.chunks_exact(n_out)) {
+            if xi != 0.0 {
+                for (o, &wij) in out_row.iter_mut().zip(w_row) {
+                    *o += xi * wij;
+                }
+            }
+        }
+    }
+}
+
+/// Accumulates `grad_w += x^T d_out`, `grad_b += sum_b d_out`, and if asked writes
+/// `d_x = d_out W^T`.
+pub fn backward(
+    x: &[f32],
+    d_out: &[f32],
+    w: &[f32],
+    n_in: usize,
+    n_out: usize,
+    grad_w: &mut [f32],
+    grad_b: &mut [f32],
+    mut d_x: Option<&mut [f32]>,
+) {
+    for (b, (x_row, d_row)) in x.chunks_exact(n_in).zip(d_out.chunks_exact(n_out)).enumerate() {
+        for (g, &d) in grad_b.iter_mut().zip(d_row) {
+            *g += d;
+        }
+        for (&xi, gw_row) in x_row.iter().zip(grad_w.chunks_exact_mut(n_out)) {
+            if xi != 0.0 {
+                for (g, &d) in gw_row.iter_mut().zip(d_row) {
+                    *g += xi * d;
+                }
+            }
+        }
+        if let Some(d_x) = d_x.as_deref_mut() {
+            for (dx, w_row) in d_x[b * n_in..(b + 1) * n_in].iter_mut().zip(w.chunks_exact(n_out)) {
+                *dx = w_row.iter().zip(d_row).map(|(&wij, &d)| wij * d).sum();
+            }
+        }
+    }
+}
+
+pub fn relu_in_place(x: &mut [f32]) {
+    x.iter_mut().for_each(|v| *v = v.max(0.0));
+}
+
+/// `d *= (pre > 0)`.
+pub fn relu_backward(pre: &[f32], d: &mut [f32]) {
+    for (dv, &p) in d.iter_mut().zip(pre) {
+        if p <= 0.0 {
+            *dv = 0.0;
+        }
+    }
+}

@@ -1,0 +1,376 @@
+//! The model: online normalization -> sparse linear layer -> (ReLU -> dense layers) -> output,
+//! and its loss. LR is the width-1 sparse layer alone. Every method takes `&self`: parameters
+//! are shared atomics, so any number of threads may train or predict at once (Hogwild).
+
+pub mod dense;
+pub mod loss;
+pub mod sparse_linear;
+pub mod workspace;
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::data::{CsrView, Idx, Task};
+use crate::error::{Error, Result};
+use crate::features::Normalizer;
+use crate::invalid;
+use crate::optim::{OptimizerConfig, OptimizerKind, Param};
+use crate::train::SharedF32;
+use dense::Dense;
+use sparse_linear::SparseLinear;
+use workspace::{zeroed, Workspace};
+
+/// What follows the sparse layer.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum Head {
+    /// The sparse layer output is the logit (width 1): logistic / linear regression.
+    Linear,
+    /// ReLU, then a dense layer with ReLU per entry of `hidden`, then a dense layer to one output.
+    Mlp { hidden: Vec<usize> },
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ModelConfig {
+    pub n_features: usize,
+    pub sparse_width: usize,
+    pub head: Head,
+    pub task: Task,
+    pub normalize: bool,
+    pub optimizer: OptimizerConfig,
+    pub seed: u64,
+}
+
+impl ModelConfig {
+    pub fn validate(&self) -> Result<()> {
+        if self.n_features == 0 {
+            return Err(invalid!("n_features must be at least 1"));
+        }
+        if self.sparse_width == 0 {
+            return Err(invalid!("sparse_width must be at least 1"));
+        }
+        match &self.head {
+            Head::Linear if self.sparse_width != 1 => {
+                return Err(invalid!("a linear model has sparse_width 1, got {}", self.sparse_width))
+            }
+            Head::Mlp { hidden } => {
+                if hidden.contains(&0) {
+                    return Err(invalid!("hidden layer sizes must be >= 1, got {hidden:?}"));
+                }
+                if self.optimizer.kind == OptimizerKind::Ftrl {
+                    return Err(invalid!("optimizer='ftrl' is for linear models; use 'lazy_adam', 'adagrad' or 'sgd' for an MLP"));
+                }
+            }
+            _ => {}
+        }
+        self.optimizer.validate()
+    }
+
+    /// Bytes of all tensors and optimizer state, to refuse impossible sizes before allocating.
+    pub fn memory_bytes(&self) -> u128 {
+        let slots = 1 + self.optimizer.kind.slot_names().len() as u128;
+        let n = self.n_features as u128;
+        let mut floats = n * self.sparse_width as u128 * slots;
+        if self.normalize {
+            floats += n * (1 + slots);
+        }
+        floats * 4
+    }
+}
+
+pub struct Model {
+    pub config: ModelConfig,
+    pub norm: Option<Normalizer>,
+    pub sparse: SparseLinear,
+    pub dense: Vec<Dense>,
+    /// Optimizer updates applied so far (Adam's t).
+    pub step: AtomicU64,
+    /// Epochs started so far; seeds each epoch's shuffle.
+    pub epochs_done: AtomicU64,
+}
+
+/// One mini-batch: rows of `x` (in this order) and their targets and weights, indexed by row.
+pub struct Batch<'a, 'b, P: Idx, I: Idx> {
+    pub x: &'b CsrView<'a, P, I>,
+    pub rows: &'b [u32],
+    pub targets: &'b [f32],
+    pub weights: Option<&'b [f32]>,
+}
+
+/// Sparse-layer init scale for an MLP: U(-1/sqrt(width), 1/sqrt(width)).
+fn sparse_init_scale(config: &ModelConfig) -> f32 {
+    match config.head {
+        Head::Linear => 0.0,
+        Head::Mlp { .. } => 1.0 / (config.sparse_width as f32).sqrt(),
+    }
+}
+
+impl Model {
+    pub fn new(config: ModelConfig) -> Result<Self> {
+        config.validate()?;
+        const LIMIT: u128 = 1 << 40;
+        let bytes = config.memory_bytes();
+        if bytes > LIMIT {
+            return Err(invalid!(
+                "this model needs {:.1} GiB for its tables and optimizer state: reduce n_features or sparse_width",
+                bytes as f64 / (1u64 << 30) as f64
+            ));
+        }
+        let kind = config.optimizer.kind;
+        let norm = if config.normalize { Some(Normalizer::new(config.n_features, kind)?) } else { None };
+        let sparse = SparseLinear::new(config.n_features, config.sparse_width, sparse_init_scale(&config), config.seed, kind)?;
+        let mut dense = Vec::new();
+        if let Head::Mlp { hidden } = &config.head {
+            let mut n_in = config.sparse_width;
+            for (l, &n_out) in hidden.iter().chain(std::iter::once(&1)).enumerate() {
+                dense.push(Dense::new(n_in, n_out, config.seed, l as u64 + 1, kind)?);
+                n_in = n_out;
+            }
+        }
+        Ok(Self { config, norm, sparse, dense, step: AtomicU64::new(0), epochs_done: AtomicU64::new(0) })
+    }
+
+    pub fn workspace(&self) -> Workspace {
+        let layers = self.dense.len();
+        Workspace {
+            pre: vec![Vec::new(); layers + 1],
+            act: vec![Vec::new(); layers],
+            d_pre: vec![Vec::new(); layers + 1],
+            dense_w: self.dense.iter().map(|d| vec![0.0; d.n_in * d.n_out]).collect(),
+            dense_b: self.dense.iter().map(|d| vec![0.0; d.n_out]).collect(),
+            grad_dense_w: self.dense.iter().map(|d| vec![0.0; d.n_in * d.n_out]).collect(),
+            grad_dense_b: self.dense.iter().map(|d| vec![0.0; d.n_out]).collect(),
+            ..Default::default()
+        }
+    }
+
+    /// Forward and backward on one batch; gradients are left in `ws`. Returns the batch's mean
+    /// weighted loss. Updates `max_abs` (training-time normalization) but no learned weight.
+    pub fn compute_gradients<P: Idx, I: Idx>(&self, batch: &Batch<'_, '_, P, I>, ws: &mut Workspace) -> Result<f64> {
+        let n = batch.rows.len();
+        if n == 0 {
+            return Err(invalid!("empty batch"));
+        }
+        let width = self.config.sparse_width;
+        self.sparse.forward_train(batch.x, batch.rows, self.norm.as_ref(), ws);
+
+        // Dense forward on plain snapshots of the shared weights.
+        for (l, layer) in self.dense.iter().enumerate() {
+            layer.weight.values.copy_to(&mut ws.dense_w[l]);
+            layer.bias.values.copy_to(&mut ws.dense_b[l]);
+            let mut input = std::mem::take(&mut ws.act[l]);
+            input.clear();
+            input.extend_from_slice(&ws.pre[l]);
+            dense::relu_in_place(&mut input);
+            zeroed(&mut ws.pre[l + 1], n * layer.n_out);
+            dense::forward(&input, &ws.dense_w[l], &ws.dense_b[l], layer.n_in, layer.n_out, &mut ws.pre[l + 1]);
+            ws.act[l] = input;
+        }
+        let last = self.dense.len();
+        ws.logits.clear();
+        ws.logits.extend_from_slice(&ws.pre[last]);
+        debug_assert_eq!(ws.logits.len(), n * if last == 0 { width } else { 1 });
+
+        // Loss.
+        zeroed(&mut ws.d_logits, n);
+        let targets = batch.rows.iter().map(|&r| {
+            let r = r as usize;
+            (batch.targets[r], batch.weights.map_or(1.0, |w| w[r]))
+        });
+        let total = loss::loss_and_grad(self.config.task, &ws.logits, targets, 1.0 / n as f32, &mut ws.d_logits);
+        let mean_loss = total / n as f64;
+        if !mean_loss.is_finite() {
+            return Err(Error::Diverged(format!("the batch loss is {mean_loss}")));
+        }
+
+        // Dense backward.
+        ws.d_pre[last].clear();
+        ws.d_pre[last].extend_from_slice(&ws.d_logits);
+        for (l, layer) in self.dense.iter().enumerate().rev() {
+            ws.grad_dense_w[l].iter_mut().for_each(|g| *g = 0.0);
+            ws.grad_dense_b[l].iter_mut().for_each(|g| *g = 0.0);
+            let mut d_in = std::mem::take(&mut ws.d_pre[l]);
+            zeroed(&mut d_in, n * layer.n_in);
+            dense::backward(
+                &ws.act[l],
+                &ws.d_pre[l + 1],
+                &ws.dense_w[l],
+                layer.n_in,
+                layer.n_out,
+                &mut ws.grad_dense_w[l],
+                &mut ws.grad_dense_b[l],
+                Some(&mut d_in),
+            );
+            dense::relu_backward(&ws.pre[l], &mut d_in);
+            ws.d_pre[l] = d_in;
+        }
+        let d_h = std::mem::take(&mut ws.d_pre[0]);
+        self.sparse.backward(&d_h, self.norm.is_some(), ws);
+        ws.d_pre[0] = d_h;
+
+        let finite = |v: &[f32]| v.iter().all(|x| x.is_finite());
+        if !(finite(&ws.grad_rows)
+            && finite(&ws.grad_feat_bias)
+            && finite(&ws.grad_sparse_bias)
+            && ws.grad_dense_w.iter().all(|g| finite(g))
+            && ws.grad_dense_b.iter().all(|g| finite(g)))
+        {
+            return Err(Error::Diverged("a gradient is not finite".into()));
+        }
+        Ok(mean_loss)
+    }
+
+    /// Applies the gradients in `ws` with the configured optimizer to the touched rows only.
+    pub fn apply_gradients(&self, ws: &Workspace) {
+        let t = self.step.fetch_add(1, Relaxed) + 1;
+        let step = self.config.optimizer.step(t);
+        let width = self.config.sparse_width;
+        for (slot, &id) in ws.slots.ids.iter().enumerate() {
+            let id = id as usize;
+            step.apply(&self.sparse.weight, id * width, &ws.grad_rows[slot * width..(slot + 1) * width]);
+        }
+        if let Some(norm) = &self.norm {
+            for (slot, &id) in ws.slots.ids.iter().enumerate() {
+                step.apply(&norm.feat_bias, id as usize, &ws.grad_feat_bias[slot..slot + 1]);
+            }
+        }
+        step.apply(&self.sparse.bias, 0, &ws.grad_sparse_bias);
+        for (l, layer) in self.dense.iter().enumerate() {
+            step.apply(&layer.weight, 0, &ws.grad_dense_w[l]);
+            step.apply(&layer.bias, 0, &ws.grad_dense_b[l]);
+        }
+    }
+
+    /// One SGD step on a batch; returns its mean loss. On a non-finite loss or gradient nothing
+    /// is applied, so the weights stay those of the last good batch.
+    pub fn train_batch<P: Idx, I: Idx>(&self, batch: &Batch<'_, '_, P, I>, ws: &mut Workspace) -> Result<f64> {
+        let loss = self.compute_gradients(batch, ws)?;
+        self.apply_gradients(ws);
+        Ok(loss)
+    }
+
+    /// Raw outputs (logits for a classifier) of every row, in parallel on the current rayon pool.
+    pub fn decision_function<P: Idx, I: Idx>(&self, x: &CsrView<'_, P, I>, out: &mut [f32]) -> Result<()> {
+        if x.n_features() != self.config.n_features {
+            return Err(invalid!(
+                "X has {} features but the model was built for n_features={}",
+                x.n_features(),
+                self.config.n_features
+            ));
+        }
+        if out.len() != x.n_rows() {
+            return Err(invalid!("output has {} entries for {} rows", out.len(), x.n_rows()));
+        }
+        let width = self.config.sparse_width;
+        let sparse_bias = self.sparse.bias.values.to_vec();
+        let dense_w: Vec<Vec<f32>> = self.dense.iter().map(|d| d.weight.values.to_vec()).collect();
+        let dense_b: Vec<Vec<f32>> = self.dense.iter().map(|d| d.bias.values.to_vec()).collect();
+        const CHUNK: usize = 256;
+        out.par_chunks_mut(CHUNK).enumerate().for_each(|(c, out_chunk)| {
+            let mut h = vec![0.0f32; width];
+            let mut a = Vec::new();
+            let mut next = Vec::new();
+            for (k, o) in out_chunk.iter_mut().enumerate() {
+                let (ids, values) = x.row(c * CHUNK + k);
+                self.sparse.forward_infer_row(ids, values, self.norm.as_ref(), &sparse_bias, &mut h);
+                a.clear();
+                a.extend_from_slice(&h);
+                for (l, layer) in self.dense.iter().enumerate() {
+                    dense::relu_in_place(&mut a);
+                    next.clear();
+                    next.resize(layer.n_out, 0.0);
+                    dense::forward(&a, &dense_w[l], &dense_b[l], layer.n_in, layer.n_out, &mut next);
+                    std::mem::swap(&mut a, &mut next);
+                }
+                *o = a[0];
+            }
+        });
+        Ok(())
+    }
+
+    /// Every tensor by name, learned ones and optimizer state: the checkpoint layout.
+    pub fn tensors(&self) -> Vec<(String, Vec<usize>, &SharedF32)> {
+        fn push_param<'m>(out: &mut Vec<(String, Vec<usize>, &'m SharedF32)>, name: String, p: &'m Param, slot_names: &[&str]) {
+            out.push((name.clone(), p.shape.clone(), &p.values));
+            for (slot, slot_name) in p.slots.iter().zip(slot_names) {
+                out.push((format!("{name}.{slot_name}"), p.shape.clone(), slot));
+            }
+        }
+        let mut out = Vec::new();
+        let slot_names = self.config.optimizer.kind.slot_names();
+        if let Some(norm) = &self.norm {
+            out.push(("norm.max_abs".to_string(), vec![self.config.n_features], &norm.max_abs));
+            push_param(&mut out, "norm.feat_bias".into(), &norm.feat_bias, slot_names);
+        }
+        push_param(&mut out, "sparse.weight".into(), &self.sparse.weight, slot_names);
+        push_param(&mut out, "sparse.bias".into(), &self.sparse.bias, slot_names);
+        for (l, layer) in self.dense.iter().enumerate() {
+            push_param(&mut out, format!("dense.{l}.weight"), &layer.weight, slot_names);
+            push_param(&mut out, format!("dense.{l}.bias"), &layer.bias, slot_names);
+        }
+        out
+    }
+
+    pub fn tensor(&self, name: &str) -> Result<&SharedF32> {
+        self.tensors()
+            .into_iter()
+            .find(|(n, _, _)| n == name)
+            .map(|(_, _, t)| t)
+            .ok_or_else(|| invalid!("this model has no tensor named '{name}'"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::synthetic::{make_ctr, CtrSpec};
+
+    fn config(head: Head, width: usize, kind: OptimizerKind) -> ModelConfig {
+        ModelConfig {
+            n_features: 1 << 12,
+            sparse_width: width,
+            head,
+            task: Task::Binary,
+            normalize: true,
+            optimizer: OptimizerConfig { kind, learning_rate: 0.01, l1: 0.0, l2: 0.0 },
+            seed: 1,
+        }
+    }
+
+    #[test]
+    fn training_lowers_the_loss() {
+        let data = make_ctr(&CtrSpec { n_rows: 3000, n_features: 1 << 12, seed: 5, ..Default::default() }).unwrap();
+        let x = data[0].matrix.view().unwrap();
+        for (head, width) in [(Head::Linear, 1), (Head::Mlp { hidden: vec![8] }, 8)] {
+            let model = Model::new(config(head, width, OptimizerKind::LazyAdam)).unwrap();
+            let mut ws = model.workspace();
+            let mut first = 0.0;
+            let mut last = 0.0;
+            for epoch in 0..3 {
+                let mut total = 0.0;
+                let rows: Vec<u32> = (0..3000).collect();
+                for chunk in rows.chunks(100) {
+                    let batch = Batch { x: &x, rows: chunk, targets: &data[0].labels, weights: None };
+                    total += model.train_batch(&batch, &mut ws).unwrap();
+                }
+                if epoch == 0 {
+                    first = total;
+                }
+                last = total;
+            }
+            assert!(last < first * 0.97, "{first} -> {last}");
+            let mut out = vec![0.0; 3000];
+            model.decision_function(&x, &mut out).unwrap();
+            assert!(out.iter().all(|v| v.is_finite()));
+        }
+    }
+
+    #[test]
+    fn config_errors() {
+        assert!(Model::new(ModelConfig { n_features: 0, ..config(Head::Linear, 1, OptimizerKind::Sgd) }).is_err());
+        assert!(Model::new(config(Head::Mlp { hidden: vec![4] }, 4, OptimizerKind::Ftrl)).is_err());
+        assert!(Model::new(ModelConfig { n_features: 1 << 40, ..config(Head::Mlp { hidden: vec![] }, 64, OptimizerKind::LazyAdam) }).is_err());
+    }
+}

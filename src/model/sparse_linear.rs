@@ -1,0 +1,128 @@
+//! The sparse linear layer (twml FullSparse): `h[b, :] = sum_{k in row b} W[id_k, :] y_k + B`,
+//! computed as a gather-sum of W rows (embedding_lookup_sparse), never as a matmul. The backward
+//! pass produces gradients only for the rows present in the batch, summed per distinct id.
+
+use crate::data::{CsrView, Idx};
+use crate::error::Result;
+use crate::features::Normalizer;
+use crate::model::workspace::{zeroed, Workspace};
+use crate::optim::{OptimizerKind, Param};
+use crate::rng::hash_to_unit;
+use crate::train::shared::load;
+use crate::train::SharedF32;
+
+pub struct SparseLinear {
+    pub weight: Param,
+    pub bias: Param,
+    pub width: usize,
+}
+
+impl SparseLinear {
+    /// `init_scale = 0` gives zeros (logistic regression, FTRL); otherwise W ~ U(-s, s) drawn
+    /// from `(seed, index)`.
+    pub fn new(n_features: usize, width: usize, init_scale: f32, seed: u64, optimizer: OptimizerKind) -> Result<Self> {
+        let n = n_features.checked_mul(width).ok_or_else(|| crate::invalid!("n_features * sparse_width overflows"))?;
+        let w = if init_scale == 0.0 {
+            SharedF32::zeros(n)?
+        } else {
+            let s = init_scale as f64;
+            SharedF32::from_fn(n, |i| ((2.0 * hash_to_unit(seed, i as u64) - 1.0) * s) as f32)?
+        };
+        Ok(Self {
+            weight: Param::new(w, vec![n_features, width], optimizer, true)?,
+            bias: Param::new(SharedF32::zeros(width)?, vec![width], optimizer, false)?,
+            width,
+        })
+    }
+
+    /// Training forward over the batch rows: fills `ws.pre[0]` (B x width) and records, per
+    /// non-zero, its slot and its input y (normalized, max_abs updated in order) for backward.
+    pub fn forward_train<P: Idx, I: Idx>(
+        &self,
+        x: &CsrView<'_, P, I>,
+        rows: &[u32],
+        norm: Option<&Normalizer>,
+        ws: &mut Workspace,
+    ) {
+        let width = self.width;
+        let nnz: usize = rows.iter().map(|&r| x.row(r as usize).0.len()).sum();
+        ws.slots.reset(nnz);
+        ws.nnz_slot.clear();
+        ws.nnz_y.clear();
+        ws.row_end.clear();
+        let bias = &mut ws.sparse_bias;
+        zeroed(bias, width);
+        self.bias.values.copy_to(bias);
+        let h = &mut ws.pre[0];
+        zeroed(h, rows.len() * width);
+        for (b, &r) in rows.iter().enumerate() {
+            let h_row = &mut h[b * width..(b + 1) * width];
+            h_row.copy_from_slice(bias);
+            let (ids, values) = x.row(r as usize);
+            for (&id, &v) in ids.iter().zip(values) {
+                let id = id.as_usize();
+                let y = match norm {
+                    Some(n) => n.train_value(id, v),
+                    None => v,
+                };
+                let w_row = self.weight.values.range(id * width, width);
+                for (hj, wa) in h_row.iter_mut().zip(w_row) {
+                    *hj += load(wa) * y;
+                }
+                ws.nnz_slot.push(ws.slots.slot_of(id as u64));
+                ws.nnz_y.push(y);
+            }
+            ws.row_end.push(ws.nnz_y.len());
+        }
+    }
+
+    /// Inference forward of one row into `h` (width).
+    #[inline]
+    pub fn forward_infer_row<I: Idx>(&self, ids: &[I], values: &[f32], norm: Option<&Normalizer>, bias: &[f32], h: &mut [f32]) {
+        let width = self.width;
+        h.copy_from_slice(bias);
+        for (&id, &v) in ids.iter().zip(values) {
+            let id = id.as_usize();
+            let y = match norm {
+                Some(n) => n.infer_value(id, v),
+                None => v,
+            };
+            let w_row = self.weight.values.range(id * width, width);
+            for (hj, wa) in h.iter_mut().zip(w_row) {
+                *hj += load(wa) * y;
+            }
+        }
+    }
+
+    /// Given `dh` (B x width), fills the per-slot row gradients, the feature-bias gradients (when
+    /// normalizing) and the bias gradient.
+    pub fn backward(&self, dh: &[f32], with_feat_bias: bool, ws: &mut Workspace) {
+        let width = self.width;
+        let n_unique = ws.slots.len();
+        zeroed(&mut ws.grad_rows, n_unique * width);
+        zeroed(&mut ws.grad_feat_bias, if with_feat_bias { n_unique } else { 0 });
+        zeroed(&mut ws.grad_sparse_bias, width);
+        let mut start = 0;
+        for (b, &end) in ws.row_end.iter().enumerate() {
+            let dh_row = &dh[b * width..(b + 1) * width];
+            for (g, &d) in ws.grad_sparse_bias.iter_mut().zip(dh_row) {
+                *g += d;
+            }
+            for k in start..end {
+                let slot = ws.nnz_slot[k] as usize;
+                let y = ws.nnz_y[k];
+                let g_row = &mut ws.grad_rows[slot * width..(slot + 1) * width];
+                for (g, &d) in g_row.iter_mut().zip(dh_row) {
+                    *g += d * y;
+                }
+                if with_feat_bias {
+                    let id = ws.slots.ids[slot] as usize;
+                    let w_row = self.weight.values.range(id * width, width);
+                    let dy: f32 = w_row.iter().zip(dh_row).map(|(wa, &d)| load(wa) * d).sum();
+                    ws.grad_feat_bias[slot] += dy;
+                }
+            }
+            start = end;
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! Per-thread scratch memory for one batch: reused across batches so the hot loop allocates
+//! nothing once buffers have grown to the largest batch seen.
+
+use crate::rng::mix64;
+
+/// Maps the feature ids of a batch to dense slots 0..n_unique (insertion order), so gradients
+/// of a hot feature that appears in most rows are summed into one row and the optimizer touches
+/// each row once. Open addressing with linear probing; cleared by visiting only the used cells.
+#[derive(Default)]
+pub struct RowSlots {
+    keys: Vec<u64>,
+    slot: Vec<u32>,
+    used_cells: Vec<usize>,
+    /// Feature id of each slot.
+    pub ids: Vec<u64>,
+}
+
+const EMPTY: u64 = u64::MAX;
+
+impl RowSlots {
+    /// Forgets all ids and makes room for at least `max_ids` distinct ones.
+    pub fn reset(&mut self, max_ids: usize) {
+        let wanted = (max_ids.max(8) * 2).next_power_of_two();
+        if self.keys.len() < wanted {
+            self.keys = vec![EMPTY; wanted];
+            self.slot = vec![0; wanted];
+            self.used_cells.clear();
+        } else {
+            for &cell in &self.used_cells {
+                self.keys[cell] = EMPTY;
+            }
+            self.used_cells.clear();
+        }
+        self.ids.clear();
+    }
+
+    #[inline]
+    pub fn slot_of(&mut self, id: u64) -> u32 {
+        let mask = self.keys.len() - 1;
+        let mut cell = (mix64(id) as usize) & mask;
+        loop {
+            let key = self.keys[cell];
+            if key == id {
+                return self.slot[cell];
+            }
+            if key == EMPTY {
+                let s = self.ids.len() as u32;
+                self.keys[cell] = id;
+                self.slot[cell] = s;
+                self.used_cells.push(cell);
+                self.ids.push(id);
+                return s;
+            }
+            cell = (cell + 1) & mask;
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+}
+
+/// Scratch buffers of one training thread. `pre[0]` is the sparse layer output h; for layer l,
+/// `act[l]` is its input and `pre[l + 1]` its output before the ReLU.
+#[derive(Default)]
+pub struct Workspace {
+    pub slots: RowSlots,
+    /// Per non-zero of the batch, in batch order: its slot and the sparse layer input y.
+    pub nnz_slot: Vec<u32>,
+    pub nnz_y: Vec<f32>,
+    /// End offset (into nnz_*) of each batch row.
+    pub row_end: Vec<usize>,
+    /// Snapshot of the sparse layer's bias.
+    pub sparse_bias: Vec<f32>,
+    pub pre: Vec<Vec<f32>>,
+    pub act: Vec<Vec<f32>>,
+    pub d_pre: Vec<Vec<f32>>,
+    pub d_act: Vec<f32>,
+    pub logits: Vec<f32>,
+    pub d_logits: Vec<f32>,
+    /// Snapshots of the dense layers taken at the start of the batch (Hogwild-safe plain copies).
+    pub dense_w: Vec<Vec<f32>>,
+    pub dense_b: Vec<Vec<f32>>,
+    /// Gradients.
+    pub grad_rows: Vec<f32>,
+    pub grad_feat_bias: Vec<f32>,
+    pub grad_sparse_bias: Vec<f32>,
+    pub grad_dense_w: Vec<Vec<f32>>,
+    pub grad_dense_b: Vec<Vec<f32>>,
+}
+
+/// Resizes to `len` and zeroes, keeping capacity.
+#[inline]
+pub fn zeroed(buf: &mut Vec<f32>, len: usize) {
+    buf.clear();
+    buf.resize(len, 0.0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_dedup_and_reset() {
+        let mut s = RowSlots::default();
+        s.reset(4);
+        assert_eq!(s.slot_of(10), 0);
+        assert_eq!(s.slot_of(99), 1);
+        assert_eq!(s.slot_of(10), 0);
+        assert_eq!(s.ids, vec![10, 99]);
+        s.reset(4);
+        assert!(s.is_empty());
+        assert_eq!(s.slot_of(99), 0);
+        s.reset(10_000);
+        for i in 0..10_000u64 {
+            assert_eq!(s.slot_of(i * 7919), i as u32);
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! Optimizers that update only the rows a batch touched ("lazy"), elementwise, on shared
+//! buffers. Each optimizer is one small file with its update rule; this module holds the
+//! parameter type (values + optimizer slots) and the dispatch, done once per row, not per element.
+
+pub mod adagrad;
+pub mod ftrl;
+pub mod lazy_adam;
+pub mod sgd;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+use crate::invalid;
+use crate::train::SharedF32;
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OptimizerKind {
+    Sgd,
+    LazyAdam,
+    Adagrad,
+    Ftrl,
+}
+
+impl OptimizerKind {
+    pub fn parse(name: &str) -> Result<Self> {
+        match name {
+            "sgd" => Ok(Self::Sgd),
+            "lazy_adam" | "adam" => Ok(Self::LazyAdam),
+            "adagrad" => Ok(Self::Adagrad),
+            "ftrl" => Ok(Self::Ftrl),
+            other => Err(invalid!("unknown optimizer '{other}': use 'sgd', 'lazy_adam', 'adagrad' or 'ftrl'")),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Sgd => "sgd",
+            Self::LazyAdam => "lazy_adam",
+            Self::Adagrad => "adagrad",
+            Self::Ftrl => "ftrl",
+        }
+    }
+
+    /// Names of the per-element state tensors, in the order `Param::slots` holds them.
+    pub fn slot_names(self) -> &'static [&'static str] {
+        match self {
+            Self::Sgd => &[],
+            Self::LazyAdam => &["m", "v"],
+            Self::Adagrad => &["accumulator"],
+            Self::Ftrl => &["z", "n"],
+        }
+    }
+
+    fn slot_init(self) -> f32 {
+        match self {
+            Self::Adagrad => adagrad::INITIAL_ACCUMULATOR,
+            _ => 0.0,
+        }
+    }
+}
+
+/// Hyper-parameters. beta1/beta2/eps of Adam, the Adagrad initial accumulator and FTRL's beta are
+/// the TensorFlow defaults (constants in each optimizer's file).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
+pub struct OptimizerConfig {
+    pub kind: OptimizerKind,
+    pub learning_rate: f32,
+    /// L1 strength (FTRL only).
+    pub l1: f32,
+    /// L2 strength on weights (not biases) of the rows a batch touched.
+    pub l2: f32,
+}
+
+impl OptimizerConfig {
+    pub fn validate(&self) -> Result<()> {
+        if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
+            return Err(invalid!("learning_rate must be a finite number > 0, got {}", self.learning_rate));
+        }
+        for (name, value) in [("l1", self.l1), ("l2", self.l2)] {
+            if !(value.is_finite() && value >= 0.0) {
+                return Err(invalid!("{name} must be a finite number >= 0, got {value}"));
+            }
+        }
+        if self.l1 > 0.0 && self.kind != OptimizerKind::Ftrl {
+            return Err(invalid!("l1 is only supported by optimizer='ftrl'"));
+        }
+        Ok(())
+    }
+
+    /// The scalars of update number `t` (1-based, one per batch).
+    pub fn step(&self, t: u64) -> Step {
+        let lr_t = match self.kind {
+            OptimizerKind::LazyAdam => lazy_adam::corrected_rate(self.learning_rate, t),
+            _ => self.learning_rate,
+        };
+        Step { kind: self.kind, learning_rate: self.learning_rate, lr_t, l1: self.l1, l2: self.l2 }
+    }
+}
+
+/// One learned tensor with its optimizer state, all shared between training threads.
+pub struct Param {
+    pub values: SharedF32,
+    pub slots: Vec<SharedF32>,
+    pub shape: Vec<usize>,
+    /// Whether l1/l2 apply (weights) or not (biases).
+    pub regularized: bool,
+}
+
+impl Param {
+    pub fn new(values: SharedF32, shape: Vec<usize>, kind: OptimizerKind, regularized: bool) -> Result<Self> {
+        debug_assert_eq!(values.len(), shape.iter().product::<usize>());
+        let slots = kind
+            .slot_names()
+            .iter()
+            .map(|_| SharedF32::filled(values.len(), kind.slot_init()))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { values, slots, shape, regularized })
+    }
+
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+}
+
+/// The scalars of one update, computed once per batch.
+#[derive(Clone, Copy, Debug)]
+pub struct Step {
+    pub kind: OptimizerKind,
+    pub learning_rate: f32,
+    /// Adam's bias-corrected rate; the plain rate for the others.
+    pub lr_t: f32,
+    pub l1: f32,
+    pub l2: f32,
+}
+
+impl Step {
+    /// Applies `grads` to elements `[offset, offset + grads.len())` of `param`.
+    #[inline]
+    pub fn apply(&self, param: &Param, offset: usize, grads: &[f32]) {
+        let n = grads.len();
+        let w = param.values.range(offset, n);
+        let (l1, l2) = if param.regularized { (self.l1, self.l2) } else { (0.0, 0.0) };
+        match self.kind {
+            OptimizerKind::Sgd => sgd::update(w, grads, self.learning_rate, l2),
+            OptimizerKind::LazyAdam => {
+                lazy_adam::update(w, param.slots[0].range(offset, n), param.slots[1].range(offset, n), grads, self.lr_t, l2)
+            }
+            OptimizerKind::Adagrad => {
+                adagrad::update(w, param.slots[0].range(offset, n), grads, self.learning_rate, l2)
+            }
+            OptimizerKind::Ftrl => ftrl::update(
+                w,
+                param.slots[0].range(offset, n),
+                param.slots[1].range(offset, n),
+                grads,
+                self.learning_rate,
+                l1,
+                l2,
+            ),
+        }
+    }
+}

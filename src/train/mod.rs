@@ -1,0 +1,7 @@
+//! Running many batches: the epoch loop, threads, progress and stopping.
+
+pub mod shared;
+pub mod trainer;
+
+pub use shared::SharedF32;
+pub use trainer::{fit, FitOptions, FitReport, Progress, TrainData};

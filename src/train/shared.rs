@@ -1,0 +1,154 @@
+//! Shared f32 buffers for lock-free (Hogwild) training.
+//!
+//! Every learned number lives in an `AtomicU32` holding f32 bits and is read and written with
+//! `Relaxed` loads and stores: threads may lose each other's updates (that is Hogwild's bargain)
+//! but there is no data race and no undefined behaviour. On x86-64 and aarch64 these are plain
+//! `mov`s, so a single thread pays nothing but the loss of auto-vectorization; hot dense math
+//! therefore runs on thread-local plain slices and only touches these buffers to load and store.
+
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+
+use crate::error::{Error, Result};
+
+pub struct SharedF32 {
+    data: Vec<AtomicU32>,
+}
+
+fn alloc_error(n: usize) -> Error {
+    Error::InvalidInput(format!(
+        "cannot allocate {:.2} GiB for a tensor of {n} floats: reduce n_features or sparse_width",
+        n as f64 * 4.0 / (1u64 << 30) as f64
+    ))
+}
+
+impl SharedF32 {
+    /// `n` zeros. Uses `alloc_zeroed`, so pages that are never touched (optimizer state of rows
+    /// no batch uses) are never committed by the OS; reports a failed allocation as an error
+    /// instead of aborting the process.
+    pub fn zeros(n: usize) -> Result<Self> {
+        if n == 0 {
+            return Ok(Self { data: Vec::new() });
+        }
+        let layout = std::alloc::Layout::array::<AtomicU32>(n).map_err(|_| alloc_error(n))?;
+        // SAFETY: `layout` has non-zero size (n > 0). A null return is handled. The memory is
+        // zeroed, and all-zero bits are a valid `AtomicU32` (same size, alignment and bit validity
+        // as `u32`, per the std docs). The pointer comes from the global allocator with exactly
+        // the layout `Vec<AtomicU32>` uses for capacity n, so `Vec::from_raw_parts` may own and
+        // later free it.
+        unsafe {
+            let ptr = std::alloc::alloc_zeroed(layout) as *mut AtomicU32;
+            if ptr.is_null() {
+                return Err(alloc_error(n));
+            }
+            Ok(Self { data: Vec::from_raw_parts(ptr, n, n) })
+        }
+    }
+
+    pub fn filled(n: usize, value: f32) -> Result<Self> {
+        let buf = Self::zeros(n)?;
+        if value.to_bits() != 0 {
+            buf.data.iter().for_each(|a| a.store(value.to_bits(), Relaxed));
+        }
+        Ok(buf)
+    }
+
+    /// Element i is `f(i)`; computed in parallel, so `f` must depend on i alone.
+    pub fn from_fn(n: usize, f: impl Fn(usize) -> f32 + Sync) -> Result<Self> {
+        use rayon::prelude::*;
+        let buf = Self::zeros(n)?;
+        buf.data.par_chunks(1 << 16).enumerate().for_each(|(c, chunk)| {
+            for (k, a) in chunk.iter().enumerate() {
+                a.store(f((c << 16) + k).to_bits(), Relaxed);
+            }
+        });
+        Ok(buf)
+    }
+
+    pub fn from_slice(values: &[f32]) -> Result<Self> {
+        let buf = Self::zeros(values.len())?;
+        buf.data.iter().zip(values).for_each(|(a, v)| a.store(v.to_bits(), Relaxed));
+        Ok(buf)
+    }
+
+    #[inline(always)]
+    pub fn len(&self) -> usize {
+        self.data.len()
+    }
+
+    #[inline(always)]
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    #[inline(always)]
+    pub fn get(&self, i: usize) -> f32 {
+        f32::from_bits(self.data[i].load(Relaxed))
+    }
+
+    #[inline(always)]
+    pub fn set(&self, i: usize, value: f32) {
+        self.data[i].store(value.to_bits(), Relaxed)
+    }
+
+    /// Raises element i to at least `value` (which must be >= 0) and returns the new maximum.
+    /// Non-negative f32 bit patterns order like the floats, so an integer fetch_max is exact.
+    #[inline(always)]
+    pub fn fetch_max_nonneg(&self, i: usize, value: f32) -> f32 {
+        debug_assert!(value >= 0.0);
+        let previous = f32::from_bits(self.data[i].fetch_max(value.to_bits(), Relaxed));
+        previous.max(value)
+    }
+
+    /// The atomics of `[start, start + len)`, for loops that load/store a whole row.
+    #[inline(always)]
+    pub fn range(&self, start: usize, len: usize) -> &[AtomicU32] {
+        &self.data[start..start + len]
+    }
+
+    pub fn copy_to(&self, out: &mut [f32]) {
+        for (o, a) in out.iter_mut().zip(&self.data) {
+            *o = f32::from_bits(a.load(Relaxed));
+        }
+    }
+
+    pub fn to_vec(&self) -> Vec<f32> {
+        self.data.iter().map(|a| f32::from_bits(a.load(Relaxed))).collect()
+    }
+
+    pub fn copy_from(&self, values: &[f32]) {
+        for (a, v) in self.data.iter().zip(values) {
+            a.store(v.to_bits(), Relaxed);
+        }
+    }
+}
+
+/// Load helpers for rows of atomics.
+#[inline(always)]
+pub fn load(a: &AtomicU32) -> f32 {
+    f32::from_bits(a.load(Relaxed))
+}
+
+#[inline(always)]
+pub fn store(a: &AtomicU32, value: f32) {
+    a.store(value.to_bits(), Relaxed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basics() {
+        let b = SharedF32::zeros(10).unwrap();
+        assert_eq!(b.to_vec(), vec![0.0; 10]);
+        b.set(3, 2.5);
+        assert_eq!(b.get(3), 2.5);
+        assert_eq!(b.fetch_max_nonneg(3, 1.0), 2.5);
+        assert_eq!(b.fetch_max_nonneg(3, 7.0), 7.0);
+        assert_eq!(b.get(3), 7.0);
+        assert_eq!(SharedF32::filled(3, 0.1).unwrap().to_vec(), vec![0.1; 3]);
+        let f = SharedF32::from_fn(200_000, |i| i as f32).unwrap();
+        assert_eq!(f.get(199_999), 199_999.0);
+        assert!(SharedF32::zeros(usize::MAX / 2).is_err());
+    }
+}

@@ -1,0 +1,221 @@
+//! The epoch loop: shuffled mini-batches, one or many Hogwild threads, progress reports (which
+//! also let the caller stop a fit, e.g. on Ctrl-C), and a clean stop on divergence.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::data::{epoch_order, validate_targets, validate_weights, CsrView, Idx};
+use crate::error::{Error, Result};
+use crate::invalid;
+use crate::model::{Batch, Model};
+
+/// Training data, validated on construction (the CSR view validated itself).
+pub struct TrainData<'a, P: Idx, I: Idx> {
+    pub x: CsrView<'a, P, I>,
+    pub targets: &'a [f32],
+    pub weights: Option<&'a [f32]>,
+}
+
+impl<'a, P: Idx, I: Idx> TrainData<'a, P, I> {
+    pub fn new(x: CsrView<'a, P, I>, targets: &'a [f32], weights: Option<&'a [f32]>, model: &Model) -> Result<Self> {
+        if x.n_features() != model.config.n_features {
+            return Err(invalid!(
+                "X has {} features but the model was built for n_features={}",
+                x.n_features(),
+                model.config.n_features
+            ));
+        }
+        if x.n_rows() == 0 {
+            return Err(invalid!("X has no rows: nothing to train on"));
+        }
+        validate_targets(targets, x.n_rows(), model.config.task)?;
+        if let Some(w) = weights {
+            validate_weights(w, x.n_rows())?;
+        }
+        Ok(Self { x, targets, weights })
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct FitOptions {
+    pub epochs: usize,
+    pub batch_size: usize,
+    /// Worker threads; 0 = all cores. 1 is deterministic for a given seed.
+    pub threads: usize,
+    pub shuffle: bool,
+    /// How often the progress callback runs (it also runs at the end of each epoch).
+    pub progress_every: Duration,
+}
+
+impl Default for FitOptions {
+    fn default() -> Self {
+        Self { epochs: 1, batch_size: 512, threads: 1, shuffle: true, progress_every: Duration::from_millis(200) }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Progress {
+    pub epoch: usize,
+    pub epochs: usize,
+    pub samples_done: u64,
+    pub samples_per_epoch: u64,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct FitReport {
+    /// Mean training loss of each epoch (over its batches, as they were trained).
+    pub epoch_losses: Vec<f64>,
+    pub samples: u64,
+    pub seconds: f64,
+}
+
+pub fn resolve_threads(threads: usize) -> usize {
+    if threads == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        threads
+    }
+}
+
+/// Runs `f` on a rayon pool of `threads` threads (0 = all cores).
+pub fn with_pool<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> Result<R> {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(resolve_threads(threads))
+        .build()
+        .map_err(|e| Error::Io(format!("cannot start worker threads: {e}")))?;
+    Ok(pool.install(f))
+}
+
+struct EpochState {
+    next_batch: AtomicUsize,
+    samples_done: AtomicU64,
+    stop: AtomicBool,
+    error: Mutex<Option<Error>>,
+    loss_sum: Mutex<f64>,
+}
+
+impl EpochState {
+    fn fail(&self, e: Error) {
+        self.stop.store(true, Relaxed);
+        let mut slot = self.error.lock().unwrap_or_else(|p| p.into_inner());
+        slot.get_or_insert(e);
+    }
+}
+
+/// One worker: takes batches until none are left or someone asked to stop.
+fn work<P: Idx, I: Idx>(model: &Model, data: &TrainData<'_, P, I>, order: &[u32], batch_size: usize, state: &EpochState, mut tick: impl FnMut() -> Result<()>) {
+    let mut ws = model.workspace();
+    let n_batches = order.len().div_ceil(batch_size);
+    let mut loss_sum = 0.0;
+    while !state.stop.load(Relaxed) {
+        let b = state.next_batch.fetch_add(1, Relaxed);
+        if b >= n_batches {
+            break;
+        }
+        let rows = &order[b * batch_size..((b + 1) * batch_size).min(order.len())];
+        let batch = Batch { x: &data.x, rows, targets: data.targets, weights: data.weights };
+        match model.train_batch(&batch, &mut ws) {
+            Ok(loss) => loss_sum += loss * rows.len() as f64,
+            Err(e) => {
+                state.fail(e);
+                break;
+            }
+        }
+        state.samples_done.fetch_add(rows.len() as u64, Relaxed);
+        if let Err(e) = tick() {
+            state.fail(e);
+            break;
+        }
+    }
+    *state.loss_sum.lock().unwrap_or_else(|p| p.into_inner()) += loss_sum;
+}
+
+/// Trains `model` on `data`. `on_progress` runs on the calling thread every
+/// `options.progress_every`; returning an error from it stops training after the batches in
+/// flight, leaving the model as they left it.
+pub fn fit<P: Idx, I: Idx>(
+    model: &Model,
+    data: &TrainData<'_, P, I>,
+    options: &FitOptions,
+    on_progress: &mut dyn FnMut(&Progress) -> Result<()>,
+) -> Result<FitReport> {
+    if options.batch_size == 0 {
+        return Err(invalid!("batch_size must be at least 1"));
+    }
+    let threads = resolve_threads(options.threads);
+    let n = data.x.n_rows();
+    let start = Instant::now();
+    let mut report = FitReport::default();
+    let pool = if threads > 1 {
+        Some(
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .map_err(|e| Error::Io(format!("cannot start worker threads: {e}")))?,
+        )
+    } else {
+        None
+    };
+    for epoch in 0..options.epochs {
+        let shuffle_epoch = model.epochs_done.fetch_add(1, Relaxed);
+        let order = epoch_order(n, model.config.seed, shuffle_epoch, options.shuffle);
+        let state = EpochState {
+            next_batch: AtomicUsize::new(0),
+            samples_done: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+            error: Mutex::new(None),
+            loss_sum: Mutex::new(0.0),
+        };
+        let progress = |done: u64| Progress { epoch, epochs: options.epochs, samples_done: done, samples_per_epoch: n as u64 };
+        let mut last_report = Instant::now();
+        match &pool {
+            None => {
+                let mut tick = || {
+                    if last_report.elapsed() >= options.progress_every {
+                        last_report = Instant::now();
+                        on_progress(&progress(state.samples_done.load(Relaxed)))?;
+                    }
+                    Ok(())
+                };
+                work(model, data, &order, options.batch_size, &state, &mut tick);
+            }
+            Some(pool) => {
+                let finished = AtomicUsize::new(0);
+                pool.in_place_scope(|scope| {
+                    for _ in 0..threads {
+                        scope.spawn(|_| {
+                            work(model, data, &order, options.batch_size, &state, || Ok(()));
+                            finished.fetch_add(1, Relaxed);
+                        });
+                    }
+                    while finished.load(Relaxed) < threads {
+                        std::thread::sleep(Duration::from_millis(5));
+                        if last_report.elapsed() >= options.progress_every {
+                            last_report = Instant::now();
+                            if let Err(e) = on_progress(&progress(state.samples_done.load(Relaxed))) {
+                                state.fail(e);
+                            }
+                        }
+                    }
+                });
+            }
+        }
+        let done = state.samples_done.load(Relaxed);
+        report.samples += done;
+        if let Some(e) = state.error.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            return Err(match e {
+                Error::Diverged(why) => Error::Diverged(format!(
+                    "training diverged in epoch {} after {done} samples ({why}); stopped, and the model keeps the weights of the last good batch (try a smaller learning_rate, or normalize=True)",
+                    epoch + 1
+                )),
+                other => other,
+            });
+        }
+        let loss_sum = state.loss_sum.into_inner().unwrap_or_else(|p| p.into_inner());
+        report.epoch_losses.push(loss_sum / done.max(1) as f64);
+        on_progress(&progress(done))?;
+    }
+    report.seconds = start.elapsed().as_secs_f64();
+    Ok(report)
+}
