@@ -227,14 +227,9 @@ impl Model {
         let t = self.step.fetch_add(1, Relaxed) + 1;
         let step = self.config.optimizer.step(t);
         let width = self.config.sparse_width;
-        for (slot, &id) in ws.slots.ids.iter().enumerate() {
-            let id = id as usize;
-            step.apply(&self.sparse.weight, id * width, &ws.grad_rows[slot * width..(slot + 1) * width]);
-        }
+        step.apply_rows(&self.sparse.weight, &ws.slots.ids, width, &ws.grad_rows);
         if let Some(norm) = &self.norm {
-            for (slot, &id) in ws.slots.ids.iter().enumerate() {
-                step.apply(&norm.feat_bias, id as usize, &ws.grad_feat_bias[slot..slot + 1]);
-            }
+            step.apply_rows(&norm.feat_bias, &ws.slots.ids, 1, &ws.grad_feat_bias);
         }
         step.apply(&self.sparse.bias, 0, &ws.grad_sparse_bias);
         for (l, layer) in self.dense.iter().enumerate() {

@@ -37,6 +37,7 @@ impl SparseLinear {
 
     /// Training forward over the batch rows: fills `ws.pre[0]` (B x width) and records, per
     /// non-zero, its slot and its input y (normalized, max_abs updated in order) for backward.
+    /// Each distinct id's W row is loaded once into `ws.row_cache`.
     pub fn forward_train<P: Idx, I: Idx>(
         &self,
         x: &CsrView<'_, P, I>,
@@ -50,26 +51,51 @@ impl SparseLinear {
         ws.nnz_slot.clear();
         ws.nnz_y.clear();
         ws.row_end.clear();
+        ws.row_cache.clear();
         let bias = &mut ws.sparse_bias;
         zeroed(bias, width);
         self.bias.values.copy_to(bias);
+        // The batch's ids in order, so the loop below can prefetch the normalization state and
+        // W row of the id PREFETCH_DISTANCE non-zeros ahead (random rows of a large table).
+        const PREFETCH_DISTANCE: usize = 12;
+        ws.nnz_ids.clear();
+        for &r in rows {
+            ws.nnz_ids.extend(x.row(r as usize).0.iter().map(|id| id.as_usize() as u64));
+        }
         let h = &mut ws.pre[0];
         zeroed(h, rows.len() * width);
+        let mut k = 0;
         for (b, &r) in rows.iter().enumerate() {
             let h_row = &mut h[b * width..(b + 1) * width];
             h_row.copy_from_slice(bias);
             let (ids, values) = x.row(r as usize);
             for (&id, &v) in ids.iter().zip(values) {
+                if let Some(&ahead) = ws.nnz_ids.get(k + PREFETCH_DISTANCE) {
+                    let ahead = ahead as usize;
+                    if let Some(n) = norm {
+                        n.max_abs.prefetch(ahead, 1);
+                        n.feat_bias.values.prefetch(ahead, 1);
+                    }
+                    self.weight.values.prefetch(ahead * width, width);
+                }
+                k += 1;
                 let id = id.as_usize();
                 let y = match norm {
                     Some(n) => n.train_value(id, v),
                     None => v,
                 };
-                let w_row = self.weight.values.range(id * width, width);
-                for (hj, wa) in h_row.iter_mut().zip(w_row) {
-                    *hj += load(wa) * y;
+                let (slot, new) = ws.slots.slot_of(id as u64);
+                let slot = slot as usize;
+                if new {
+                    let start = ws.row_cache.len();
+                    ws.row_cache.resize(start + width, 0.0);
+                    self.weight.values.load_into(id * width, &mut ws.row_cache[start..]);
                 }
-                ws.nnz_slot.push(ws.slots.slot_of(id as u64));
+                let w_row = &ws.row_cache[slot * width..(slot + 1) * width];
+                for (hj, &w) in h_row.iter_mut().zip(w_row) {
+                    *hj += w * y;
+                }
+                ws.nnz_slot.push(slot as u32);
                 ws.nnz_y.push(y);
             }
             ws.row_end.push(ws.nnz_y.len());
@@ -97,6 +123,7 @@ impl SparseLinear {
     /// Given `dh` (B x width), fills the per-slot row gradients, the feature-bias gradients (when
     /// normalizing) and the bias gradient.
     pub fn backward(&self, dh: &[f32], with_feat_bias: bool, ws: &mut Workspace) {
+        debug_assert_eq!(ws.row_cache.len(), ws.slots.len() * self.width);
         let width = self.width;
         let n_unique = ws.slots.len();
         zeroed(&mut ws.grad_rows, n_unique * width);
@@ -116,9 +143,8 @@ impl SparseLinear {
                     *g += d * y;
                 }
                 if with_feat_bias {
-                    let id = ws.slots.ids[slot] as usize;
-                    let w_row = self.weight.values.range(id * width, width);
-                    let dy: f32 = w_row.iter().zip(dh_row).map(|(wa, &d)| load(wa) * d).sum();
+                    let w_row = &ws.row_cache[slot * width..(slot + 1) * width];
+                    let dy: f32 = w_row.iter().zip(dh_row).map(|(&w, &d)| w * d).sum();
                     ws.grad_feat_bias[slot] += dy;
                 }
             }

@@ -34,14 +34,15 @@ impl RowSlots {
         self.ids.clear();
     }
 
+    /// The slot of `id`, and whether it was just created.
     #[inline]
-    pub fn slot_of(&mut self, id: u64) -> u32 {
+    pub fn slot_of(&mut self, id: u64) -> (u32, bool) {
         let mask = self.keys.len() - 1;
         let mut cell = (mix64(id) as usize) & mask;
         loop {
             let key = self.keys[cell];
             if key == id {
-                return self.slot[cell];
+                return (self.slot[cell], false);
             }
             if key == EMPTY {
                 let s = self.ids.len() as u32;
@@ -49,7 +50,7 @@ impl RowSlots {
                 self.slot[cell] = s;
                 self.used_cells.push(cell);
                 self.ids.push(id);
-                return s;
+                return (s, true);
             }
             cell = (cell + 1) & mask;
         }
@@ -69,11 +70,15 @@ impl RowSlots {
 #[derive(Default)]
 pub struct Workspace {
     pub slots: RowSlots,
-    /// Per non-zero of the batch, in batch order: its slot and the sparse layer input y.
+    /// Per non-zero of the batch, in batch order: its id, its slot and the sparse layer input y.
+    pub nnz_ids: Vec<u64>,
     pub nnz_slot: Vec<u32>,
     pub nnz_y: Vec<f32>,
     /// End offset (into nnz_*) of each batch row.
     pub row_end: Vec<usize>,
+    /// The W row of each slot, loaded once per batch at its first use (batch-level dedup: a hot
+    /// feature in most rows is read from shared memory once, and the math runs on plain floats).
+    pub row_cache: Vec<f32>,
     /// Snapshot of the sparse layer's bias.
     pub sparse_bias: Vec<f32>,
     pub pre: Vec<Vec<f32>>,
@@ -108,16 +113,16 @@ mod tests {
     fn slots_dedup_and_reset() {
         let mut s = RowSlots::default();
         s.reset(4);
-        assert_eq!(s.slot_of(10), 0);
-        assert_eq!(s.slot_of(99), 1);
-        assert_eq!(s.slot_of(10), 0);
+        assert_eq!(s.slot_of(10), (0, true));
+        assert_eq!(s.slot_of(99), (1, true));
+        assert_eq!(s.slot_of(10), (0, false));
         assert_eq!(s.ids, vec![10, 99]);
         s.reset(4);
         assert!(s.is_empty());
-        assert_eq!(s.slot_of(99), 0);
+        assert_eq!(s.slot_of(99), (0, true));
         s.reset(10_000);
         for i in 0..10_000u64 {
-            assert_eq!(s.slot_of(i * 7919), i as u32);
+            assert_eq!(s.slot_of(i * 7919), (i as u32, true));
         }
     }
 }

@@ -139,29 +139,49 @@ pub struct Step {
 }
 
 impl Step {
-    /// Applies `grads` to elements `[offset, offset + grads.len())` of `param`.
-    #[inline]
+    /// Applies `grads` to elements `[offset, offset + grads.len())` of `param` (a dense update).
     pub fn apply(&self, param: &Param, offset: usize, grads: &[f32]) {
-        let n = grads.len();
-        let w = param.values.range(offset, n);
+        self.apply_rows(param, &[offset as u64], grads.len(), grads);
+    }
+
+    /// Applies row `k` of `grads` (`rows.len()` x `width`) to row `rows[k]` of `param`. Each
+    /// chunk of a row is loaded from the shared buffers into stack arrays, updated with
+    /// vectorizable plain math, and stored back; rows a few steps ahead are prefetched, since
+    /// the touched rows of a large table are scattered and mostly not in cache.
+    pub fn apply_rows(&self, param: &Param, rows: &[u64], width: usize, grads: &[f32]) {
+        const CHUNK: usize = 64;
+        const AHEAD: usize = 6;
+        debug_assert_eq!(rows.len() * width, grads.len());
         let (l1, l2) = if param.regularized { (self.l1, self.l2) } else { (0.0, 0.0) };
-        match self.kind {
-            OptimizerKind::Sgd => sgd::update(w, grads, self.learning_rate, l2),
-            OptimizerKind::LazyAdam => {
-                lazy_adam::update(w, param.slots[0].range(offset, n), param.slots[1].range(offset, n), grads, self.lr_t, l2)
+        let mut w = [0.0f32; CHUNK];
+        let mut s0 = [0.0f32; CHUNK];
+        let mut s1 = [0.0f32; CHUNK];
+        for (k, &row) in rows.iter().enumerate() {
+            if let Some(&ahead) = rows.get(k + AHEAD) {
+                let at = ahead as usize * width;
+                param.values.prefetch(at, width);
+                param.slots.iter().for_each(|s| s.prefetch(at, width));
             }
-            OptimizerKind::Adagrad => {
-                adagrad::update(w, param.slots[0].range(offset, n), grads, self.learning_rate, l2)
+            let row_grads = &grads[k * width..(k + 1) * width];
+            for (c, g) in row_grads.chunks(CHUNK).enumerate() {
+                let start = row as usize * width + c * CHUNK;
+                let n = g.len();
+                let (w, s0, s1) = (&mut w[..n], &mut s0[..n], &mut s1[..n]);
+                param.values.load_into(start, w);
+                for (slot, buf) in param.slots.iter().zip([&mut *s0, &mut *s1]) {
+                    slot.load_into(start, buf);
+                }
+                match self.kind {
+                    OptimizerKind::Sgd => sgd::update(w, g, self.learning_rate, l2),
+                    OptimizerKind::LazyAdam => lazy_adam::update(w, s0, s1, g, self.lr_t, l2),
+                    OptimizerKind::Adagrad => adagrad::update(w, s0, g, self.learning_rate, l2),
+                    OptimizerKind::Ftrl => ftrl::update(w, s0, s1, g, self.learning_rate, l1, l2),
+                }
+                param.values.store_from(start, w);
+                for (slot, buf) in param.slots.iter().zip([&*s0, &*s1]) {
+                    slot.store_from(start, buf);
+                }
             }
-            OptimizerKind::Ftrl => ftrl::update(
-                w,
-                param.slots[0].range(offset, n),
-                param.slots[1].range(offset, n),
-                grads,
-                self.learning_rate,
-                l1,
-                l2,
-            ),
         }
     }
 }

@@ -92,11 +92,55 @@ impl SharedF32 {
 
     /// Raises element i to at least `value` (which must be >= 0) and returns the new maximum.
     /// Non-negative f32 bit patterns order like the floats, so an integer fetch_max is exact.
+    /// The plain load first skips the locked read-modify-write in the common case where the
+    /// maximum does not change (it would also bounce the cache line between Hogwild threads).
     #[inline(always)]
     pub fn fetch_max_nonneg(&self, i: usize, value: f32) -> f32 {
         debug_assert!(value >= 0.0);
-        let previous = f32::from_bits(self.data[i].fetch_max(value.to_bits(), Relaxed));
+        let cell = &self.data[i];
+        let current = cell.load(Relaxed);
+        if value.to_bits() <= current {
+            return f32::from_bits(current);
+        }
+        let previous = f32::from_bits(cell.fetch_max(value.to_bits(), Relaxed));
         previous.max(value)
+    }
+
+    /// Hints the CPU to bring `[start, start + len)` into cache. Out-of-range requests are
+    /// ignored.
+    #[inline(always)]
+    pub fn prefetch(&self, start: usize, len: usize) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            let end = (start + len).min(self.data.len());
+            let mut i = start;
+            while i < end {
+                // SAFETY: `i < data.len()`, so the pointer is in bounds of this allocation;
+                // a prefetch only hints the cache, never reads into the program or faults.
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(self.data.as_ptr().add(i) as *const i8) };
+                i += 16; // 16 f32 per 64-byte cache line
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (start, len);
+    }
+
+    /// Copies `[start, start + out.len())` into `out`.
+    #[inline(always)]
+    pub fn load_into(&self, start: usize, out: &mut [f32]) {
+        let n = out.len();
+        for (o, a) in out.iter_mut().zip(&self.data[start..start + n]) {
+            *o = f32::from_bits(a.load(Relaxed));
+        }
+    }
+
+    /// Stores `values` into `[start, start + values.len())`.
+    #[inline(always)]
+    pub fn store_from(&self, start: usize, values: &[f32]) {
+        for (a, v) in self.data[start..start + values.len()].iter().zip(values) {
+            a.store(v.to_bits(), Relaxed);
+        }
     }
 
     /// The atomics of `[start, start + len)`, for loops that load/store a whole row.

@@ -1,0 +1,28 @@
+"""sparselin: fast sparse logistic regression and MLPs for click-through-rate and ranking data.
+
+A Rust core (gather-sum sparse layer, online normalization, lazy optimizers, Hogwild threads)
+under a scikit-learn style API.
+"""
+
+from ._core import ModelFileError, TrainingDivergedError, __version__
+from . import datasets, metrics
+from .estimators import (
+    SparseLogisticRegression,
+    SparseMLPClassifier,
+    SparseMLPRegressor,
+    load,
+)
+from .io import load_svmlight
+
+__all__ = [
+    "SparseLogisticRegression",
+    "SparseMLPClassifier",
+    "SparseMLPRegressor",
+    "load",
+    "load_svmlight",
+    "datasets",
+    "metrics",
+    "ModelFileError",
+    "TrainingDivergedError",
+    "__version__",
+]

@@ -1,0 +1,412 @@
+"""scikit-learn style estimators over the Rust core.
+
+This layer only validates and converts inputs, maps labels, keeps fitted attributes and shows
+progress; all training and prediction happens in ``sparselin._core`` with the GIL released.
+"""
+
+from __future__ import annotations
+
+import json
+import numbers
+import os
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+from sklearn.utils import check_random_state
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
+
+from . import _core
+from . import metrics as _metrics
+from ._input import Csr, from_matrix, from_triple, is_path, is_triple
+from .io import load_svmlight
+
+_OPTIMIZERS = ("sgd", "lazy_adam", "adagrad", "ftrl")
+
+
+def _sigmoid(z):
+    z = np.asarray(z, dtype=np.float64)
+    return 0.5 * (1.0 + np.tanh(0.5 * z))
+
+
+class _SparseEstimator(BaseEstimator):
+    """Shared machinery; subclasses set ``_task`` ("binary" or "regression") and ``_linear``."""
+
+    _task = "binary"
+    _linear = False
+
+    # -- configuration ---------------------------------------------------------------------
+    def _hidden(self):
+        return None if self._linear else tuple(int(h) for h in self.hidden)
+
+    def _width(self):
+        return 1 if self._linear else int(self.sparse_width)
+
+    def _check_hyperparameters(self):
+        def positive_int(name, value, minimum=1):
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < minimum:
+                raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+        if self.n_features is not None:
+            positive_int("n_features", self.n_features)
+        if not self._linear:
+            positive_int("sparse_width", self.sparse_width)
+            try:
+                hidden = tuple(self.hidden)
+            except TypeError:
+                raise ValueError(f"hidden must be a tuple of layer sizes, got {self.hidden!r}") from None
+            for h in hidden:
+                positive_int("each hidden layer size", h)
+        if self.optimizer not in _OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {_OPTIMIZERS}, got {self.optimizer!r}")
+        lr = self.learning_rate
+        if not isinstance(lr, numbers.Real) or not np.isfinite(lr) or lr <= 0:
+            raise ValueError(f"learning_rate must be a finite number > 0, got {lr!r}")
+        for name in ("l1", "l2"):
+            v = getattr(self, name)
+            if not isinstance(v, numbers.Real) or not np.isfinite(v) or v < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+        positive_int("batch_size", self.batch_size)
+        positive_int("epochs", self.epochs)
+        positive_int("threads", self.threads, minimum=0)
+
+    def _seed(self):
+        rs = self.random_state
+        if isinstance(rs, numbers.Integral) and not isinstance(rs, bool) and rs >= 0:
+            return int(rs)
+        return int(check_random_state(rs).randint(0, 2**31 - 1))
+
+    def _new_model(self, n_features):
+        return _core.SparseModel(
+            n_features, self._width(), self._hidden(), self._task, bool(self.normalize), self.optimizer,
+            float(self.learning_rate), float(self.l1), float(self.l2), self._seed(),
+        )
+
+    # -- inputs ----------------------------------------------------------------------------
+    def _fit_inputs(self, X, y, sample_weight, reset):
+        """Returns (Csr, targets float32, weights float32 or None)."""
+        if is_path(X):
+            if y is not None:
+                raise ValueError("when X is a file path the labels come from the file: pass y=None")
+            X, y = load_svmlight(X, n_features=self._model_n_features() if not reset else self.n_features)
+        if is_triple(X):
+            n_cols = self._model_n_features() if not reset else self.n_features
+            csr = from_triple(X, n_cols)
+            if y is None:
+                raise ValueError(f"This {type(self).__name__} estimator requires y to be passed, but the target y is None.")
+            y = np.asarray(y)
+            if y.ndim != 1 or y.shape[0] != csr.n_rows:
+                raise ValueError(f"X has {csr.n_rows} rows but y has shape {y.shape}")
+            if reset:
+                self.n_features_in_ = csr.n_cols
+        else:
+            X, y = validate_data(self, X, y, accept_sparse="csr", dtype=(np.float32, np.float64), reset=reset,
+                                 y_numeric=self._task == "regression")
+            csr = from_matrix(X)
+        targets = self._encode_targets(y, reset)
+        weights = None
+        if sample_weight is not None:
+            weights = _check_sample_weight(sample_weight, np.empty((csr.n_rows, 0)), dtype=np.float32,
+                                           ensure_non_negative=True)
+            weights = np.ascontiguousarray(weights, dtype=np.float32)
+        return csr, targets, weights
+
+    def _predict_inputs(self, X) -> Csr:
+        check_is_fitted(self)
+        if is_path(X):
+            X, _ = load_svmlight(X, n_features=self._model_n_features())
+            if X.shape[1] != self.n_features_in_:
+                X = X.copy()
+                X.resize((X.shape[0], self.n_features_in_)) if X.shape[1] < self.n_features_in_ else None
+        if is_triple(X):
+            return from_triple(X, self._model_n_features())
+        X = validate_data(self, X, accept_sparse="csr", dtype=(np.float32, np.float64), reset=False)
+        return from_matrix(X)
+
+    def _model_n_features(self):
+        model = getattr(self, "_model", None)
+        if model is not None:
+            return json.loads(model.config_json)["n_features"]
+        return self.n_features
+
+    # -- training --------------------------------------------------------------------------
+    def _start(self, n_cols):
+        self._check_hyperparameters()
+        n_features = n_cols if self.n_features is None else int(self.n_features)
+        if n_cols > n_features:
+            raise ValueError(f"X has {n_cols} columns but n_features={n_features}: ids must be < n_features")
+        self._model = self._new_model(n_features)
+        self.history_ = []
+
+    def _train(self, csr: Csr, targets, weights, epochs, eval_set):
+        evals = [self._eval_arrays(e) for e in self._eval_sets(eval_set)]
+        n_features = self._model_n_features()
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:  # progress bars are optional
+            tqdm = None
+        bar = None
+        if self.verbose and tqdm is not None:
+            bar = tqdm(total=epochs * csr.n_rows, unit="samples", unit_scale=True, delay=2.0,
+                       desc=type(self).__name__, leave=False)
+        done_before = 0
+
+        def progress(epoch, done, per_epoch):
+            if bar is not None:
+                bar.update(done_before + epoch * per_epoch + done - bar.n)
+
+        passes = [1] * epochs if evals else [epochs]
+        try:
+            for n in passes:
+                losses, samples, seconds = self._model.fit(
+                    csr.indptr, csr.indices, csr.values, n_features, targets, weights, n, int(self.batch_size),
+                    int(self.threads), True, progress,
+                )
+                done_before += samples
+                for loss in losses:
+                    entry = {"epoch": len(self.history_) + 1, "samples": int(samples / max(n, 1)),
+                             "train_loss": float(loss), "seconds": float(seconds / max(n, 1))}
+                    for k, (Xe, ye) in enumerate(evals):
+                        entry.update(self._eval_metrics(Xe, ye, "eval" if k == 0 else f"eval{k}"))
+                    self.history_.append(entry)
+        finally:
+            if bar is not None:
+                bar.close()
+
+    @staticmethod
+    def _eval_sets(eval_set):
+        if eval_set is None:
+            return []
+        if isinstance(eval_set, tuple) and len(eval_set) == 2:
+            return [eval_set]
+        return list(eval_set)
+
+    def _eval_arrays(self, pair):
+        if not (isinstance(pair, tuple) and len(pair) == 2):
+            raise ValueError("eval_set must be (X, y) or a list of (X, y) pairs")
+        X, y = pair
+        return self._predict_inputs(X), self._encode_targets(np.asarray(y), reset=False)
+
+    def _decision(self, csr: Csr):
+        return self._model.decision_function(csr.indptr, csr.indices, csr.values, self._model_n_features(),
+                                             int(self.threads))
+
+    # -- public API ------------------------------------------------------------------------
+    def fit(self, X, y=None, sample_weight=None, eval_set=None):
+        """Trains a new model for ``epochs`` passes. X: scipy.sparse matrix, dense array,
+        ``(indptr, indices, values)`` triple, or an svmlight file path (then y=None).
+        ``eval_set``: (X, y) or a list of them, scored after each epoch into ``history_``."""
+        for attr in ("classes_", "_model"):
+            if hasattr(self, attr):
+                delattr(self, attr)
+        csr, targets, weights = self._fit_inputs(X, y, sample_weight, reset=True)
+        self._start(csr.n_cols)
+        self._train(csr, targets, weights, int(self.epochs), eval_set)
+        return self
+
+    def partial_fit(self, X, y=None, sample_weight=None, eval_set=None, **kwargs):
+        """One pass over (X, y), continuing from the current model (creating it on the first
+        call). Optimizer state and normalization statistics carry over."""
+        first = getattr(self, "_model", None) is None
+        if first and "classes" in kwargs and kwargs["classes"] is not None:
+            self._set_classes(np.asarray(kwargs["classes"]))
+        csr, targets, weights = self._fit_inputs(X, y, sample_weight, reset=first)
+        if first:
+            self._start(csr.n_cols)
+        self._train(csr, targets, weights, 1, eval_set)
+        return self
+
+    def decision_function(self, X):
+        """Raw model output: the logit for classifiers."""
+        return self._decision(self._predict_inputs(X)).astype(np.float64)
+
+    def save(self, path):
+        """Writes the model (weights, normalization, optimizer state, estimator settings) to a
+        safetensors file, atomically."""
+        check_is_fitted(self)
+        _core.save_model(self._model, os.fspath(path), json.dumps(self._extra_state()))
+
+    def _extra_state(self):
+        params = self.get_params()
+        if not isinstance(params.get("random_state"), (int, type(None))):
+            params["random_state"] = None
+        if "hidden" in params:
+            params["hidden"] = list(params["hidden"])
+        state = {"estimator": type(self).__name__, "params": params, "n_features_in": int(self.n_features_in_),
+                 "history": getattr(self, "history_", [])}
+        if hasattr(self, "classes_"):
+            state["classes"] = self.classes_.tolist()
+            state["classes_dtype"] = self.classes_.dtype.str
+        return state
+
+    def _restore(self, model, extra):
+        self._model = model
+        self.n_features_in_ = extra["n_features_in"]
+        self.history_ = extra.get("history", [])
+        if "classes" in extra:
+            self.classes_ = np.asarray(extra["classes"], dtype=np.dtype(extra["classes_dtype"]))
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        model = state.pop("_model", None)
+        if model is not None:
+            state["_model_bytes"] = bytes(_core.model_to_bytes(model, ""))
+        return state
+
+    def __setstate__(self, state):
+        data = state.pop("_model_bytes", None)
+        super().__setstate__(state)
+        if data is not None:
+            self._model, _ = _core.model_from_bytes(data)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True
+        tags.non_deterministic = self.threads != 1
+        return tags
+
+
+class _Classifier(ClassifierMixin, _SparseEstimator):
+    _task = "binary"
+
+    def _set_classes(self, classes):
+        classes = np.unique(classes)
+        if classes.size != 2:
+            raise ValueError(f"{type(self).__name__} is a binary classifier: classes must hold 2 labels, got {classes.size} class(es)")
+        self.classes_ = classes
+
+    def _encode_targets(self, y, reset):
+        y = np.asarray(y)
+        if reset or not hasattr(self, "classes_"):
+            check_classification_targets(y)
+            classes = np.unique(y)
+            if classes.size == 1 and classes[0] in (0, 1) and np.issubdtype(classes.dtype, np.number):
+                classes = np.array([0, 1], dtype=classes.dtype)
+            if classes.size != 2:
+                raise ValueError(
+                    f"{type(self).__name__} is a binary classifier and needs samples of exactly 2 classes; "
+                    f"got {classes.size} class(es)")
+            self.classes_ = classes
+        unknown = ~np.isin(y, self.classes_)
+        if unknown.any():
+            raise ValueError(f"label {y[unknown][0]!r} (row {int(np.argmax(unknown))}) is not one of the classes {self.classes_.tolist()}")
+        return np.ascontiguousarray(y == self.classes_[1], dtype=np.float32)
+
+    def _eval_metrics(self, csr, targets, prefix):
+        p = _sigmoid(self._decision(csr))
+        out = {f"{prefix}_logloss": _metrics.logloss(targets, p)}
+        if 0 < targets.sum() < targets.size:
+            out[f"{prefix}_auc"] = _metrics.roc_auc(targets, p)
+            out[f"{prefix}_rce"] = _metrics.rce(targets, p)
+        return out
+
+    def predict_proba(self, X):
+        """Array of shape (n, 2): probabilities of ``classes_[0]`` and ``classes_[1]``."""
+        p = _sigmoid(self._decision(self._predict_inputs(X)))
+        return np.column_stack([1.0 - p, p])
+
+    def predict(self, X):
+        z = self._decision(self._predict_inputs(X))
+        return self.classes_[(z > 0).astype(np.intp)]
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_class = False
+        return tags
+
+
+class SparseLogisticRegression(_Classifier):
+    """Logistic regression on sparse features: online normalization -> sparse linear layer of
+    width 1 -> sigmoid. ``optimizer="ftrl"`` gives FTRL-Proximal with ``l1``/``l2``."""
+
+    _linear = True
+
+    def __init__(self, n_features=None, optimizer="lazy_adam", learning_rate=0.01, batch_size=512, epochs=1,
+                 threads=1, normalize=True, l1=0.0, l2=0.0, random_state=None, verbose=0):
+        self.n_features = n_features
+        self.optimizer = optimizer
+        self.learning_rate = learning_rate
+        self.batch_size = batch_size
+        self.epochs = epochs
+        self.threads = threads
+        self.normalize = normalize
+        self.l1 = l1
+        self.l2 = l2
+        self.random_state = random_state
+        self.verbose = verbose
+
+
+class SparseMLPClassifier(_Classifier):
+    """Online normalization -> sparse layer (gather-sum, width ``sparse_width``) -> ReLU ->
+    dense layers ``hidden`` with ReLU -> one logit -> sigmoid."""
+
+    def __init__(self, n_features=None, sparse_width=50, hidden=(64, 16), optimizer="lazy_adam", learning_rate=1e-3,
+                 batch_size=512, epochs=1, threads=1, normalize=True, l1=0.0, l2=0.0, random_state=None, verbose=0):
+        self.n_features = n_features
+        self.sparse_width = sparse_width
+        self.hidden = hidden
+        self.optimizer = optimizer
+        self.learning_rate = learning_rate
+        self.batch_size = batch_size
+        self.epochs = epochs
+        self.threads = threads
+        self.normalize = normalize
+        self.l1 = l1
+        self.l2 = l2
+        self.random_state = random_state
+        self.verbose = verbose
+
+
+class SparseMLPRegressor(RegressorMixin, _SparseEstimator):
+    """The MLP with an identity output and squared-error loss."""
+
+    _task = "regression"
+
+    def __init__(self, n_features=None, sparse_width=50, hidden=(64, 16), optimizer="lazy_adam", learning_rate=1e-3,
+                 batch_size=512, epochs=1, threads=1, normalize=True, l1=0.0, l2=0.0, random_state=None, verbose=0):
+        self.n_features = n_features
+        self.sparse_width = sparse_width
+        self.hidden = hidden
+        self.optimizer = optimizer
+        self.learning_rate = learning_rate
+        self.batch_size = batch_size
+        self.epochs = epochs
+        self.threads = threads
+        self.normalize = normalize
+        self.l1 = l1
+        self.l2 = l2
+        self.random_state = random_state
+        self.verbose = verbose
+
+    def _encode_targets(self, y, reset):
+        y = np.asarray(y, dtype=np.float64)
+        if not np.all(np.isfinite(y)):
+            raise ValueError("y contains NaN or infinity")
+        return np.ascontiguousarray(y, dtype=np.float32)
+
+    def _eval_metrics(self, csr, targets, prefix):
+        pred = self._decision(csr).astype(np.float64)
+        return {f"{prefix}_mse": float(np.mean((pred - targets) ** 2))}
+
+    def predict(self, X):
+        return self.decision_function(X)
+
+
+_ESTIMATORS = {c.__name__: c for c in (SparseLogisticRegression, SparseMLPClassifier, SparseMLPRegressor)}
+
+
+def load(path):
+    """Loads an estimator saved with ``save``. A truncated, corrupted or foreign file raises
+    ``sparselin.ModelFileError``."""
+    model, extra = _core.load_model(os.fspath(path))
+    try:
+        extra = json.loads(extra)
+        cls = _ESTIMATORS[extra["estimator"]]
+        params = dict(extra["params"])
+        if "hidden" in params:
+            params["hidden"] = tuple(params["hidden"])
+        est = cls(**params)
+    except (ValueError, KeyError, TypeError) as e:
+        raise _core.ModelFileError(f"{os.fspath(path)}: the estimator settings stored in the file are invalid ({e})") from None
+    est._restore(model, extra)
+    return est

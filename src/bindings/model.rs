@@ -1,0 +1,226 @@
+//! `SparseModel`: the core `Model` as a Python object. Training and prediction release the GIL;
+//! the progress callback re-takes it briefly, which is also where Ctrl-C is noticed.
+
+use std::time::Duration;
+
+use numpy::{IntoPyArray, PyArray1, PyReadonlyArray1};
+use pyo3::prelude::*;
+
+use super::data::{f32_slice, with_csr_slices, IndexArray};
+use super::errors::{detach, to_py};
+use crate::data::{CsrView, Task};
+use crate::error::Error;
+use crate::model::{Batch, Head, Model, ModelConfig};
+use crate::optim::{OptimizerConfig, OptimizerKind};
+use crate::train::trainer::with_pool;
+use crate::train::{fit, FitOptions, Progress, TrainData};
+
+#[pyclass(module = "sparselin._core", name = "SparseModel")]
+pub struct PySparseModel {
+    pub inner: Model,
+}
+
+fn parse_task(task: &str) -> PyResult<Task> {
+    match task {
+        "binary" => Ok(Task::Binary),
+        "regression" => Ok(Task::Regression),
+        other => Err(to_py(crate::invalid!("task must be 'binary' or 'regression', got '{other}'"))),
+    }
+}
+
+#[pymethods]
+impl PySparseModel {
+    /// `hidden=None` builds the linear model (sparse_width must be 1).
+    #[new]
+    #[pyo3(signature = (n_features, sparse_width, hidden, task, normalize, optimizer, learning_rate, l1, l2, seed))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        n_features: usize,
+        sparse_width: usize,
+        hidden: Option<Vec<usize>>,
+        task: &str,
+        normalize: bool,
+        optimizer: &str,
+        learning_rate: f32,
+        l1: f32,
+        l2: f32,
+        seed: u64,
+    ) -> PyResult<Self> {
+        let config = ModelConfig {
+            n_features,
+            sparse_width,
+            head: match hidden {
+                None => Head::Linear,
+                Some(hidden) => Head::Mlp { hidden },
+            },
+            task: parse_task(task)?,
+            normalize,
+            optimizer: OptimizerConfig { kind: OptimizerKind::parse(optimizer).map_err(to_py)?, learning_rate, l1, l2 },
+            seed,
+        };
+        Ok(Self { inner: detach(py, || Model::new(config))? })
+    }
+
+    /// Trains for `epochs`; returns (mean loss per epoch, samples, seconds). `progress(epoch,
+    /// samples_done, samples_per_epoch)` is called about every 0.2 s.
+    #[pyo3(signature = (indptr, indices, values, n_cols, targets, weights, epochs, batch_size, threads, shuffle, progress=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn fit<'py>(
+        &self,
+        py: Python<'py>,
+        indptr: &Bound<'py, PyAny>,
+        indices: &Bound<'py, PyAny>,
+        values: PyReadonlyArray1<'py, f32>,
+        n_cols: usize,
+        targets: PyReadonlyArray1<'py, f32>,
+        weights: Option<PyReadonlyArray1<'py, f32>>,
+        epochs: usize,
+        batch_size: usize,
+        threads: usize,
+        shuffle: bool,
+        progress: Option<Py<PyAny>>,
+    ) -> PyResult<(Vec<f64>, u64, f64)> {
+        let indptr = IndexArray::new(indptr, "indptr")?;
+        let indices = IndexArray::new(indices, "indices")?;
+        let values = f32_slice(&values, "values")?;
+        let targets = f32_slice(&targets, "y")?;
+        let weights = weights.as_ref().map(|w| f32_slice(w, "sample_weight")).transpose()?;
+        let options = FitOptions { epochs, batch_size, threads, shuffle, progress_every: Duration::from_millis(200) };
+        let model = &self.inner;
+        let mut callback_error: Option<PyErr> = None;
+        let result = with_csr_slices!(indptr, indices, |p, i| detach(py, || {
+            let x = CsrView::new(p, i, values, n_cols)?;
+            let data = TrainData::new(x, targets, weights, model)?;
+            let mut on_progress = |pr: &Progress| -> crate::Result<()> {
+                Python::attach(|py| -> PyResult<()> {
+                    py.check_signals()?;
+                    if let Some(cb) = &progress {
+                        cb.call1(py, (pr.epoch, pr.samples_done, pr.samples_per_epoch))?;
+                    }
+                    Ok(())
+                })
+                .map_err(|e| {
+                    callback_error = Some(e);
+                    Error::Interrupted
+                })
+            };
+            fit(model, &data, &options, &mut on_progress)
+        }));
+        if let Some(e) = callback_error {
+            return Err(e);
+        }
+        let report = result?;
+        Ok((report.epoch_losses, report.samples, report.seconds))
+    }
+
+    /// Raw outputs (logits for a classifier), computed on `threads` threads.
+    #[pyo3(signature = (indptr, indices, values, n_cols, threads))]
+    fn decision_function<'py>(
+        &self,
+        py: Python<'py>,
+        indptr: &Bound<'py, PyAny>,
+        indices: &Bound<'py, PyAny>,
+        values: PyReadonlyArray1<'py, f32>,
+        n_cols: usize,
+        threads: usize,
+    ) -> PyResult<Bound<'py, PyArray1<f32>>> {
+        let indptr = IndexArray::new(indptr, "indptr")?;
+        let indices = IndexArray::new(indices, "indices")?;
+        let values = f32_slice(&values, "values")?;
+        let model = &self.inner;
+        let out = with_csr_slices!(indptr, indices, |p, i| detach(py, || {
+            let x = CsrView::new(p, i, values, n_cols)?;
+            let mut out = vec![0.0f32; x.n_rows()];
+            with_pool(threads, || model.decision_function(&x, &mut out))??;
+            Ok(out)
+        }))?;
+        Ok(out.into_pyarray(py))
+    }
+
+    /// One forward/backward pass on `rows` (in order) without updating the weights (max_abs
+    /// does update, as in training). Returns a dict of the batch's loss, outputs and gradients:
+    /// the hook the float64 reference tests use.
+    #[pyo3(signature = (indptr, indices, values, n_cols, targets, weights, rows, apply=false))]
+    #[allow(clippy::too_many_arguments)]
+    fn batch_gradients<'py>(
+        &self,
+        py: Python<'py>,
+        indptr: &Bound<'py, PyAny>,
+        indices: &Bound<'py, PyAny>,
+        values: PyReadonlyArray1<'py, f32>,
+        n_cols: usize,
+        targets: PyReadonlyArray1<'py, f32>,
+        weights: Option<PyReadonlyArray1<'py, f32>>,
+        rows: Vec<u32>,
+        apply: bool,
+    ) -> PyResult<Bound<'py, pyo3::types::PyDict>> {
+        let indptr = IndexArray::new(indptr, "indptr")?;
+        let indices = IndexArray::new(indices, "indices")?;
+        let values = f32_slice(&values, "values")?;
+        let targets = f32_slice(&targets, "y")?;
+        let weights = weights.as_ref().map(|w| f32_slice(w, "sample_weight")).transpose()?;
+        let model = &self.inner;
+        let (loss, ws) = with_csr_slices!(indptr, indices, |p, i| detach(py, || {
+            let x = CsrView::new(p, i, values, n_cols)?;
+            let data = TrainData::new(x, targets, weights, model)?;
+            if let Some(&r) = rows.iter().find(|&&r| r as usize >= data.x.n_rows()) {
+                return Err(crate::invalid!("row {r} is out of range"));
+            }
+            let batch = Batch { x: &data.x, rows: &rows, targets, weights };
+            let mut ws = model.workspace();
+            let loss = model.compute_gradients(&batch, &mut ws)?;
+            if apply {
+                model.apply_gradients(&ws);
+            }
+            Ok((loss, ws))
+        }))?;
+        let d = pyo3::types::PyDict::new(py);
+        d.set_item("loss", loss)?;
+        d.set_item("outputs", ws.logits.into_pyarray(py))?;
+        d.set_item("ids", ws.slots.ids.into_pyarray(py))?;
+        d.set_item("sparse.weight", ws.grad_rows.into_pyarray(py))?;
+        d.set_item("norm.feat_bias", ws.grad_feat_bias.into_pyarray(py))?;
+        d.set_item("sparse.bias", ws.grad_sparse_bias.into_pyarray(py))?;
+        for (l, (gw, gb)) in ws.grad_dense_w.into_iter().zip(ws.grad_dense_b).enumerate() {
+            d.set_item(format!("dense.{l}.weight"), gw.into_pyarray(py))?;
+            d.set_item(format!("dense.{l}.bias"), gb.into_pyarray(py))?;
+        }
+        Ok(d)
+    }
+
+    /// (name, shape) of every tensor, learned ones and optimizer state.
+    fn tensor_names(&self) -> Vec<(String, Vec<usize>)> {
+        self.inner.tensors().into_iter().map(|(n, s, _)| (n, s)).collect()
+    }
+
+    /// A flat float32 copy of one tensor.
+    fn get_tensor<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyArray1<f32>>> {
+        let t = self.inner.tensor(name).map_err(to_py)?;
+        Ok(t.to_vec().into_pyarray(py))
+    }
+
+    fn set_tensor(&self, name: &str, values: PyReadonlyArray1<'_, f32>) -> PyResult<()> {
+        let t = self.inner.tensor(name).map_err(to_py)?;
+        let v = f32_slice(&values, "values")?;
+        if v.len() != t.len() {
+            return Err(to_py(crate::invalid!("tensor '{name}' has {} elements, got {}", t.len(), v.len())));
+        }
+        t.copy_from(v);
+        Ok(())
+    }
+
+    #[getter]
+    fn step(&self) -> u64 {
+        self.inner.step.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    #[getter]
+    fn config_json(&self) -> String {
+        serde_json::to_string(&self.inner.config).unwrap_or_default()
+    }
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PySparseModel>()
+}
