@@ -44,7 +44,8 @@ pub fn forward(x: &[f32], w: &[f32], bias: &[f32], n_in: usize, n_out: usize, ou
 }
 
 /// Accumulates `grad_w += x^T d_out`, `grad_b += sum_b d_out`, and if asked writes
-/// `d_x = d_out W^T`.
+/// `d_x = d_out W^T`. Bias gradients are batch sums of terms of both signs that largely cancel
+/// (e.g. mean(p - y) at the output), so they are summed in f64 (`bias_acc`, scratch).
 pub fn backward(
     x: &[f32],
     d_out: &[f32],
@@ -53,12 +54,14 @@ pub fn backward(
     n_out: usize,
     grad_w: &mut [f32],
     grad_b: &mut [f32],
+    bias_acc: &mut Vec<f64>,
     mut d_x: Option<&mut [f32]>,
 ) {
+    column_sums(d_out, n_out, bias_acc);
+    for (g, &s) in grad_b.iter_mut().zip(bias_acc.iter()) {
+        *g += s as f32;
+    }
     for (b, (x_row, d_row)) in x.chunks_exact(n_in).zip(d_out.chunks_exact(n_out)).enumerate() {
-        for (g, &d) in grad_b.iter_mut().zip(d_row) {
-            *g += d;
-        }
         for (&xi, gw_row) in x_row.iter().zip(grad_w.chunks_exact_mut(n_out)) {
             if xi != 0.0 {
                 for (g, &d) in gw_row.iter_mut().zip(d_row) {
@@ -70,6 +73,17 @@ pub fn backward(
             for (dx, w_row) in d_x[b * n_in..(b + 1) * n_in].iter_mut().zip(w.chunks_exact(n_out)) {
                 *dx = w_row.iter().zip(d_row).map(|(&wij, &d)| wij * d).sum();
             }
+        }
+    }
+}
+
+/// `out[j] = sum_b m[b, j]` in f64.
+pub fn column_sums(m: &[f32], n_cols: usize, out: &mut Vec<f64>) {
+    out.clear();
+    out.resize(n_cols, 0.0);
+    for row in m.chunks_exact(n_cols) {
+        for (o, &v) in out.iter_mut().zip(row) {
+            *o += v as f64;
         }
     }
 }

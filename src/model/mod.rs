@@ -201,6 +201,7 @@ impl Model {
                 layer.n_out,
                 &mut ws.grad_dense_w[l],
                 &mut ws.grad_dense_b[l],
+                &mut ws.bias_acc,
                 Some(&mut d_in),
             );
             dense::relu_backward(&ws.pre[l], &mut d_in);

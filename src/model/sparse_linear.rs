@@ -128,13 +128,12 @@ impl SparseLinear {
         let n_unique = ws.slots.len();
         zeroed(&mut ws.grad_rows, n_unique * width);
         zeroed(&mut ws.grad_feat_bias, if with_feat_bias { n_unique } else { 0 });
-        zeroed(&mut ws.grad_sparse_bias, width);
+        super::dense::column_sums(dh, width, &mut ws.bias_acc);
+        ws.grad_sparse_bias.clear();
+        ws.grad_sparse_bias.extend(ws.bias_acc.iter().map(|&s| s as f32));
         let mut start = 0;
         for (b, &end) in ws.row_end.iter().enumerate() {
             let dh_row = &dh[b * width..(b + 1) * width];
-            for (g, &d) in ws.grad_sparse_bias.iter_mut().zip(dh_row) {
-                *g += d;
-            }
             for k in start..end {
                 let slot = ws.nnz_slot[k] as usize;
                 let y = ws.nnz_y[k];
