@@ -216,10 +216,6 @@ class _SparseEstimator(BaseEstimator):
         self._train(csr, targets, weights, 1, eval_set)
         return self
 
-    def decision_function(self, X):
-        """Raw model output: the logit for classifiers."""
-        return self._decision(self._predict_inputs(X)).astype(np.float64)
-
     def save(self, path):
         """Writes the model (weights, normalization, optimizer state, estimator settings) to a
         safetensors file, atomically."""
@@ -247,7 +243,7 @@ class _SparseEstimator(BaseEstimator):
             self.classes_ = np.asarray(extra["classes"], dtype=np.dtype(extra["classes_dtype"]))
 
     def __getstate__(self):
-        state = super().__getstate__()
+        state = dict(super().__getstate__())  # object.__getstate__ returns __dict__ itself
         model = state.pop("_model", None)
         if model is not None:
             state["_model_bytes"] = bytes(_core.model_to_bytes(model, ""))
@@ -272,7 +268,8 @@ class _Classifier(ClassifierMixin, _SparseEstimator):
     def _set_classes(self, classes):
         classes = np.unique(classes)
         if classes.size != 2:
-            raise ValueError(f"{type(self).__name__} is a binary classifier: classes must hold 2 labels, got {classes.size} class(es)")
+            raise ValueError(f"Only binary classification is supported by {type(self).__name__}: classes must hold "
+                             f"2 labels, got {classes.size} class(es)")
         self.classes_ = classes
 
     def _encode_targets(self, y, reset):
@@ -284,8 +281,8 @@ class _Classifier(ClassifierMixin, _SparseEstimator):
                 classes = np.array([0, 1], dtype=classes.dtype)
             if classes.size != 2:
                 raise ValueError(
-                    f"{type(self).__name__} is a binary classifier and needs samples of exactly 2 classes; "
-                    f"got {classes.size} class(es)")
+                    f"Only binary classification is supported by {type(self).__name__}: it needs samples of "
+                    f"exactly 2 classes, got {classes.size} class(es)")
             self.classes_ = classes
         unknown = ~np.isin(y, self.classes_)
         if unknown.any():
@@ -299,6 +296,10 @@ class _Classifier(ClassifierMixin, _SparseEstimator):
             out[f"{prefix}_auc"] = _metrics.roc_auc(targets, p)
             out[f"{prefix}_rce"] = _metrics.rce(targets, p)
         return out
+
+    def decision_function(self, X):
+        """The logit of ``classes_[1]`` for each row."""
+        return self._decision(self._predict_inputs(X)).astype(np.float64)
 
     def predict_proba(self, X):
         """Array of shape (n, 2): probabilities of ``classes_[0]`` and ``classes_[1]``."""
@@ -389,7 +390,7 @@ class SparseMLPRegressor(RegressorMixin, _SparseEstimator):
         return {f"{prefix}_mse": float(np.mean((pred - targets) ** 2))}
 
     def predict(self, X):
-        return self.decision_function(X)
+        return self._decision(self._predict_inputs(X)).astype(np.float64)
 
 
 _ESTIMATORS = {c.__name__: c for c in (SparseLogisticRegression, SparseMLPClassifier, SparseMLPRegressor)}
