@@ -76,7 +76,15 @@ pub fn to_bytes(model: &Model, extra: &str) -> Result<Vec<u8>> {
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let io = |what: &str, e: std::io::Error| Error::Io(format!("cannot {what} {}: {e}", path.display()));
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let file_name = path.file_name().ok_or_else(|| Error::Io(format!("{} is not a file path", path.display())))?;
+    let file_name = path.file_name().ok_or_else(|| Error::Io(format!("'{}' is not a file path", path.display())))?;
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_file() {
+            return Err(Error::Io(format!(
+                "{} exists and is not a regular file; it was left as it is",
+                path.display()
+            )));
+        }
+    }
     let tmp = dir.join(format!(".{}.tmp-{}", file_name.to_string_lossy(), std::process::id()));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp).map_err(|e| io("create a temporary file for", e))?;

@@ -22,6 +22,9 @@ fn check(y: &[f32], p: &[f32], w: Option<&[f32]>, probabilities: bool) -> Result
         if let Some(i) = w.iter().position(|s| !(s.is_finite() && *s >= 0.0)) {
             return Err(invalid!("sample_weight[{i}] = {} is not a finite number >= 0", w[i]));
         }
+        if !w.iter().any(|&s| s > 0.0) {
+            return Err(invalid!("all sample weights are 0"));
+        }
     }
     if let Some(i) = y.iter().position(|&t| t != 0.0 && t != 1.0) {
         return Err(invalid!("y_true[{i}] = {}: labels must be 0 or 1", y[i]));
@@ -60,10 +63,10 @@ fn mean_label(y: &[f32], w: Option<&[f32]>) -> f64 {
 pub fn rce(y: &[f32], p: &[f32], w: Option<&[f32]>) -> Result<f64> {
     check(y, p, w, true)?;
     let ctr = mean_label(y, w);
-    let baseline = cross_entropy(y, |_| ctr, w);
-    if baseline <= 0.0 {
-        return Err(invalid!("RCE is undefined when all labels are equal"));
+    if ctr <= 0.0 || ctr >= 1.0 {
+        return Err(invalid!("RCE is undefined when y_true holds only one class"));
     }
+    let baseline = cross_entropy(y, |_| ctr, w);
     Ok(100.0 * (1.0 - cross_entropy(y, |i| p[i] as f64, w) / baseline))
 }
 
@@ -152,6 +155,8 @@ mod tests {
         assert!(rce(&y, &[0.5; 4], None).unwrap().abs() < 1e-9);
         assert!((calibration(&y, &[0.25; 4], None).unwrap() - 0.5).abs() < 1e-12);
         assert!(roc_auc(&[1.0, 1.0], &[0.1, 0.2], None).is_err());
+        assert!(rce(&[1.0, 1.0], &[0.1, 0.2], None).is_err());
+        assert!(logloss(&y, &[0.5; 4], Some(&[0.0; 4])).is_err());
         assert!(logloss(&y, &[0.5, 0.5, 2.0, 0.5], None).is_err());
         let ll = logloss(&[1.0], &[0.5], None).unwrap();
         assert!((ll - std::f64::consts::LN_2).abs() < 1e-12);

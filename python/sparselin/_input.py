@@ -34,6 +34,8 @@ def _values_array(a) -> np.ndarray:
     a = np.asarray(a)
     if a.ndim != 1:
         raise ValueError(f"values must be 1-D, got shape {a.shape}")
+    if np.iscomplexobj(a):
+        raise TypeError(f"values must be real numbers, got dtype {a.dtype}")
     if a.dtype != np.float32:
         if a.size and not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_):
             raise TypeError(f"values must be numeric, got dtype {a.dtype}")
@@ -79,4 +81,11 @@ def is_path(X) -> bool:
 
 
 def is_triple(X) -> bool:
-    return isinstance(X, tuple) and len(X) == 3 and not sp.issparse(X[0])
+    """A tuple of numpy arrays is a CSR triple (a tuple of rows of a dense matrix is not)."""
+    if not isinstance(X, tuple) or not X or not all(isinstance(a, np.ndarray) for a in X):
+        return False
+    if len(X) != 3:
+        if all(a.ndim == 1 for a in X):
+            raise ValueError(f"a CSR triple must be (indptr, indices, values); got a tuple of {len(X)} arrays")
+        return False
+    return True

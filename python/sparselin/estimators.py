@@ -59,13 +59,14 @@ class _SparseEstimator(BaseEstimator):
                 positive_int("each hidden layer size", h)
         if self.optimizer not in _OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {_OPTIMIZERS}, got {self.optimizer!r}")
+        f32_max = float(np.finfo(np.float32).max)
         lr = self.learning_rate
-        if not isinstance(lr, numbers.Real) or not np.isfinite(lr) or lr <= 0:
-            raise ValueError(f"learning_rate must be a finite number > 0, got {lr!r}")
+        if not isinstance(lr, numbers.Real) or not np.isfinite(lr) or lr <= 0 or lr > f32_max:
+            raise ValueError(f"learning_rate must be a finite float32 number > 0, got {lr!r}")
         for name in ("l1", "l2"):
             v = getattr(self, name)
-            if not isinstance(v, numbers.Real) or not np.isfinite(v) or v < 0:
-                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+            if not isinstance(v, numbers.Real) or not np.isfinite(v) or v < 0 or v > f32_max:
+                raise ValueError(f"{name} must be a finite float32 number >= 0, got {v!r}")
         positive_int("batch_size", self.batch_size)
         positive_int("epochs", self.epochs)
         positive_int("threads", self.threads, minimum=0)
@@ -95,6 +96,8 @@ class _SparseEstimator(BaseEstimator):
             if y is None:
                 raise ValueError(f"This {type(self).__name__} estimator requires y to be passed, but the target y is None.")
             y = np.asarray(y)
+            if csr.n_rows == 0:
+                raise ValueError("X has no rows: nothing to train on")
             if y.ndim != 1 or y.shape[0] != csr.n_rows:
                 raise ValueError(f"X has {csr.n_rows} rows but y has shape {y.shape}")
             if reset:
@@ -155,7 +158,9 @@ class _SparseEstimator(BaseEstimator):
             if bar is not None:
                 bar.update(done_before + epoch * per_epoch + done - bar.n)
 
-        passes = [1] * epochs if evals else [epochs]
+        # One core call per epoch: history_ gets each finished epoch, also when a later one
+        # diverges (validation of X is repeated per call; it is a small part of an epoch).
+        passes = [1] * epochs
         try:
             for n in passes:
                 losses, samples, seconds = self._model.fit(
@@ -286,7 +291,9 @@ class _Classifier(ClassifierMixin, _SparseEstimator):
             self.classes_ = classes
         unknown = ~np.isin(y, self.classes_)
         if unknown.any():
-            raise ValueError(f"label {y[unknown][0]!r} (row {int(np.argmax(unknown))}) is not one of the classes {self.classes_.tolist()}")
+            bad = y[unknown][0]
+            bad = bad.item() if isinstance(bad, np.generic) else bad
+            raise ValueError(f"label {bad!r} (row {int(np.argmax(unknown))}) is not one of the classes {self.classes_.tolist()}")
         return np.ascontiguousarray(y == self.classes_[1], dtype=np.float32)
 
     def _eval_metrics(self, csr, targets, prefix):
@@ -407,7 +414,7 @@ def load(path):
         if "hidden" in params:
             params["hidden"] = tuple(params["hidden"])
         est = cls(**params)
+        est._restore(model, extra)
     except (ValueError, KeyError, TypeError) as e:
-        raise _core.ModelFileError(f"{os.fspath(path)}: the estimator settings stored in the file are invalid ({e})") from None
-    est._restore(model, extra)
+        raise _core.ModelFileError(f"{os.fspath(path)}: the estimator settings stored in the file are invalid ({e!r})") from None
     return est

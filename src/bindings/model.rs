@@ -171,7 +171,7 @@ impl PySparseModel {
             let mut ws = model.workspace();
             let loss = model.compute_gradients(&batch, &mut ws)?;
             if apply {
-                model.apply_gradients(&ws);
+                model.apply_gradients(&mut ws)?;
             }
             Ok((loss, ws))
         }))?;

@@ -27,6 +27,7 @@ pub fn parse_svmlight(text: &[u8], n_features: Option<usize>, base: IdBase) -> R
     let mut labels = Vec::new();
     let mut min_id = i64::MAX;
     let mut max_id = -1i64;
+    let mut max_id_line = 0;
 
     for (line_no, raw_line) in text.split(|&b| b == b'\n').enumerate() {
         let line_no = line_no + 1;
@@ -61,7 +62,10 @@ pub fn parse_svmlight(text: &[u8], n_features: Option<usize>, base: IdBase) -> R
                 .filter(|v: &f32| v.is_finite())
                 .ok_or_else(|| invalid!("line {line_no}: value '{value}' of feature {id} is not a finite number"))?;
             min_id = min_id.min(id);
-            max_id = max_id.max(id);
+            if id > max_id {
+                max_id = id;
+                max_id_line = line_no;
+            }
             indices.push(id);
             values.push(v);
         }
@@ -74,6 +78,7 @@ pub fn parse_svmlight(text: &[u8], n_features: Option<usize>, base: IdBase) -> R
         IdBase::One => true,
         IdBase::Auto => min_id != 0,
     };
+    let written_max_id = max_id;
     if one_based {
         if min_id == 0 {
             return Err(invalid!("feature id 0 found in a file read as one-based (use zero_based=True)"));
@@ -84,7 +89,10 @@ pub fn parse_svmlight(text: &[u8], n_features: Option<usize>, base: IdBase) -> R
     let needed = (max_id + 1).max(0) as usize;
     let n_features = match n_features {
         Some(n) if n < needed => {
-            return Err(invalid!("the file has feature id {max_id} (after base shift) but n_features is {n}"))
+            let base = if one_based { "one-based" } else { "zero-based" };
+            return Err(invalid!(
+                "line {max_id_line}: feature id {written_max_id} ({base}) does not fit n_features={n}"
+            ));
         }
         Some(n) => n,
         None => needed.max(1),
@@ -128,6 +136,7 @@ mod tests {
         assert!(e.to_string().contains("line 1"), "{e}");
         let e = parse_svmlight(b"1 5:nan\n", None, IdBase::Auto).unwrap_err();
         assert!(e.to_string().contains("line 1"), "{e}");
-        assert!(parse_svmlight(b"1 9:1\n", Some(3), IdBase::Auto).is_err());
+        let e = parse_svmlight(b"1 2:1\n1 9:1\n", Some(3), IdBase::Auto).unwrap_err();
+        assert!(e.to_string().contains("line 2") && e.to_string().contains("id 9"), "{e}");
     }
 }

@@ -223,28 +223,78 @@ impl Model {
         Ok(mean_loss)
     }
 
-    /// Applies the gradients in `ws` with the configured optimizer to the touched rows only.
-    pub fn apply_gradients(&self, ws: &Workspace) {
-        let t = self.step.fetch_add(1, Relaxed) + 1;
-        let step = self.config.optimizer.step(t);
-        let width = self.config.sparse_width;
-        step.apply_rows(&self.sparse.weight, &ws.slots.ids, width, &ws.grad_rows);
-        if let Some(norm) = &self.norm {
-            step.apply_rows(&norm.feat_bias, &ws.slots.ids, 1, &ws.grad_feat_bias);
-        }
-        step.apply(&self.sparse.bias, 0, &ws.grad_sparse_bias);
-        for (l, layer) in self.dense.iter().enumerate() {
-            step.apply(&layer.weight, 0, &ws.grad_dense_w[l]);
-            step.apply(&layer.bias, 0, &ws.grad_dense_b[l]);
+    /// The parameter an undo-log key names: 0 sparse weight, 1 feature bias, 2 sparse bias,
+    /// then weight and bias of each dense layer.
+    fn param_by_key(&self, key: u32) -> &Param {
+        match key {
+            0 => &self.sparse.weight,
+            1 => &self.norm.as_ref().expect("feature bias only exists when normalizing").feat_bias,
+            2 => &self.sparse.bias,
+            k => {
+                let layer = &self.dense[(k as usize - 3) / 2];
+                if (k - 3) % 2 == 0 {
+                    &layer.weight
+                } else {
+                    &layer.bias
+                }
+            }
         }
     }
 
-    /// One SGD step on a batch; returns its mean loss. On a non-finite loss or gradient nothing
-    /// is applied, so the weights stay those of the last good batch.
+    fn undo(&self, log: &crate::optim::UndoLog) {
+        if !log.is_empty() {
+            log.restore(|key| self.param_by_key(key));
+            self.step.fetch_sub(1, Relaxed);
+        }
+    }
+
+    /// Applies the gradients in `ws` with the configured optimizer to the touched rows only.
+    /// If the update would make any weight or optimizer state non-finite, it is undone and the
+    /// model keeps the weights it had before this batch.
+    pub fn apply_gradients(&self, ws: &mut Workspace) -> Result<()> {
+        ws.undo.clear();
+        let t = self.step.fetch_add(1, Relaxed) + 1;
+        let step = self.config.optimizer.step(t);
+        let width = self.config.sparse_width;
+        let undo = &mut ws.undo;
+        let mut ok = step.apply_rows(&self.sparse.weight, 0, &ws.slots.ids, width, &ws.grad_rows, undo);
+        if let Some(norm) = &self.norm {
+            ok = ok && step.apply_rows(&norm.feat_bias, 1, &ws.slots.ids, 1, &ws.grad_feat_bias, undo);
+        }
+        ok = ok && step.apply_rows(&self.sparse.bias, 2, &[0], width, &ws.grad_sparse_bias, undo);
+        for (l, layer) in self.dense.iter().enumerate() {
+            let key = 3 + 2 * l as u32;
+            ok = ok
+                && step.apply_rows(&layer.weight, key, &[0], layer.n_in * layer.n_out, &ws.grad_dense_w[l], undo)
+                && step.apply_rows(&layer.bias, key + 1, &[0], layer.n_out, &ws.grad_dense_b[l], undo);
+        }
+        if !ok {
+            self.undo(&ws.undo);
+            ws.undo.clear();
+            return Err(Error::Diverged(
+                "an update would make a weight or optimizer state non-finite; it was not applied".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// One step on a batch; returns its mean loss. Training never leaves non-finite weights:
+    /// if this batch's loss or a gradient is not finite, the previous batch's update (whose
+    /// weights led here) is undone too, so the model keeps the last weights under which a batch
+    /// loss was finite; if the update itself would overflow, it is not applied.
     pub fn train_batch<P: Idx, I: Idx>(&self, batch: &Batch<'_, '_, P, I>, ws: &mut Workspace) -> Result<f64> {
-        let loss = self.compute_gradients(batch, ws)?;
-        self.apply_gradients(ws);
-        Ok(loss)
+        match self.compute_gradients(batch, ws) {
+            Ok(loss) => {
+                self.apply_gradients(ws)?;
+                Ok(loss)
+            }
+            Err(Error::Diverged(why)) => {
+                self.undo(&ws.undo);
+                ws.undo.clear();
+                Err(Error::Diverged(format!("{why}; the previous update was undone")))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Raw outputs (logits for a classifier) of every row, in parallel on the current rayon pool.
@@ -361,6 +411,37 @@ mod tests {
             model.decision_function(&x, &mut out).unwrap();
             assert!(out.iter().all(|v| v.is_finite()));
         }
+    }
+
+    #[test]
+    fn divergence_keeps_the_last_weights_with_a_finite_loss() {
+        let data = make_ctr(&CtrSpec { n_rows: 512, n_features: 1 << 10, seed: 2, ..Default::default() }).unwrap();
+        let x = data[0].matrix.view().unwrap();
+        let mut cfg = config(Head::Mlp { hidden: vec![4] }, 4, OptimizerKind::Sgd);
+        cfg.normalize = false;
+        cfg.optimizer.learning_rate = 1e30;
+        let model = Model::new(cfg).unwrap();
+        let mut ws = model.workspace();
+        let rows: Vec<u32> = (0..512).collect();
+        let mut snapshots = vec![model.tensors().iter().map(|(_, _, t)| t.to_vec()).collect::<Vec<_>>()];
+        let mut failed = None;
+        for (b, chunk) in rows.chunks(32).enumerate() {
+            let batch = Batch { x: &x, rows: chunk, targets: &data[0].labels, weights: None };
+            match model.train_batch(&batch, &mut ws) {
+                Ok(_) => snapshots.push(model.tensors().iter().map(|(_, _, t)| t.to_vec()).collect()),
+                Err(Error::Diverged(_)) => {
+                    failed = Some(b);
+                    break;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        let b = failed.expect("lr=1e30 on raw values up to 1e6 must diverge");
+        let now: Vec<Vec<f32>> = model.tensors().iter().map(|(_, _, t)| t.to_vec()).collect();
+        assert!(now.iter().flatten().all(|v| v.is_finite()));
+        // Either this batch's update was refused (weights of before batch b) or its loss was not
+        // finite and batch b-1's update was undone too.
+        assert!(now == snapshots[b] || (b > 0 && now == snapshots[b - 1]));
     }
 
     #[test]

@@ -98,6 +98,8 @@ pub struct Workspace {
     pub grad_dense_b: Vec<Vec<f32>>,
     /// f64 scratch for bias gradients (batch sums that cancel).
     pub bias_acc: Vec<f64>,
+    /// What the last update overwrote (to undo it on divergence).
+    pub undo: crate::optim::UndoLog,
 }
 
 /// Resizes to `len` and zeroes, keeping capacity.

@@ -139,16 +139,13 @@ pub struct Step {
 }
 
 impl Step {
-    /// Applies `grads` to elements `[offset, offset + grads.len())` of `param` (a dense update).
-    pub fn apply(&self, param: &Param, offset: usize, grads: &[f32]) {
-        self.apply_rows(param, &[offset as u64], grads.len(), grads);
-    }
-
-    /// Applies row `k` of `grads` (`rows.len()` x `width`) to row `rows[k]` of `param`. Each
-    /// chunk of a row is loaded from the shared buffers into stack arrays, updated with
-    /// vectorizable plain math, and stored back; rows a few steps ahead are prefetched, since
-    /// the touched rows of a large table are scattered and mostly not in cache.
-    pub fn apply_rows(&self, param: &Param, rows: &[u64], width: usize, grads: &[f32]) {
+    /// Applies row `k` of `grads` (`rows.len()` x `width`) to row `rows[k]` of `param`
+    /// (`rows = [0]`, `width = len` for a dense tensor). Each chunk of a row is loaded from the
+    /// shared buffers into stack arrays, updated with vectorizable plain math, and stored back;
+    /// rows a few steps ahead are prefetched, since the touched rows of a large table are
+    /// scattered and mostly not in cache. The old values go to `undo` (tagged `key`). Returns
+    /// false, storing nothing more, as soon as an update would make a value non-finite.
+    pub fn apply_rows(&self, param: &Param, key: u32, rows: &[u64], width: usize, grads: &[f32], undo: &mut UndoLog) -> bool {
         const CHUNK: usize = 64;
         const AHEAD: usize = 6;
         debug_assert_eq!(rows.len() * width, grads.len());
@@ -156,6 +153,7 @@ impl Step {
         let mut w = [0.0f32; CHUNK];
         let mut s0 = [0.0f32; CHUNK];
         let mut s1 = [0.0f32; CHUNK];
+        let n_slots = param.slots.len();
         for (k, &row) in rows.iter().enumerate() {
             if let Some(&ahead) = rows.get(k + AHEAD) {
                 let at = ahead as usize * width;
@@ -171,17 +169,70 @@ impl Step {
                 for (slot, buf) in param.slots.iter().zip([&mut *s0, &mut *s1]) {
                     slot.load_into(start, buf);
                 }
+                undo.record(key, start, [&*w, &*s0, &*s1].into_iter().take(1 + n_slots));
                 match self.kind {
                     OptimizerKind::Sgd => sgd::update(w, g, self.learning_rate, l2),
                     OptimizerKind::LazyAdam => lazy_adam::update(w, s0, s1, g, self.lr_t, l2),
                     OptimizerKind::Adagrad => adagrad::update(w, s0, g, self.learning_rate, l2),
                     OptimizerKind::Ftrl => ftrl::update(w, s0, s1, g, self.learning_rate, l1, l2),
                 }
+                let finite = |v: &[f32]| v.iter().fold(true, |ok, x| ok & x.is_finite());
+                if !(finite(w) && (n_slots < 1 || finite(s0)) && (n_slots < 2 || finite(s1))) {
+                    return false;
+                }
                 param.values.store_from(start, w);
                 for (slot, buf) in param.slots.iter().zip([&*s0, &*s1]) {
                     slot.store_from(start, buf);
                 }
             }
+        }
+        true
+    }
+}
+
+/// The values one batch's update overwrote (weights and optimizer slots), so that the update can
+/// be undone when training diverges.
+#[derive(Default)]
+pub struct UndoLog {
+    /// (param key, start element, length) per recorded chunk.
+    entries: Vec<(u32, usize, usize)>,
+    /// For each entry: the old values, then the old values of each slot.
+    values: Vec<f32>,
+}
+
+impl UndoLog {
+    pub fn clear(&mut self) {
+        self.entries.clear();
+        self.values.clear();
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    #[inline]
+    fn record<'a>(&mut self, key: u32, start: usize, parts: impl Iterator<Item = &'a [f32]>) {
+        let mut len = 0;
+        for part in parts {
+            len = part.len();
+            self.values.extend_from_slice(part);
+        }
+        self.entries.push((key, start, len));
+    }
+
+    /// Writes the old values back, newest first.
+    pub fn restore<'p>(&self, param_of: impl Fn(u32) -> &'p Param) {
+        let mut end = self.values.len();
+        for &(key, start, len) in self.entries.iter().rev() {
+            let param = param_of(key);
+            let parts = 1 + param.slots.len();
+            let begin = end - parts * len;
+            let old = &self.values[begin..end];
+            param.values.store_from(start, &old[..len]);
+            for (k, slot) in param.slots.iter().enumerate() {
+                slot.store_from(start, &old[(k + 1) * len..(k + 2) * len]);
+            }
+            end = begin;
         }
     }
 }
