@@ -30,6 +30,7 @@ impl Dense {
 }
 
 /// `out[b, :] = x[b, :] W + bias` for `rows` rows.
+#[inline(never)] // a per-batch call: keeps profiles readable
 pub fn forward(x: &[f32], w: &[f32], bias: &[f32], n_in: usize, n_out: usize, out: &mut [f32]) {
     for (x_row, out_row) in x.chunks_exact(n_in).zip(out.chunks_exact_mut(n_out)) {
         out_row.copy_from_slice(bias);
@@ -46,6 +47,7 @@ pub fn forward(x: &[f32], w: &[f32], bias: &[f32], n_in: usize, n_out: usize, ou
 /// Accumulates `grad_w += x^T d_out`, `grad_b += sum_b d_out`, and if asked writes
 /// `d_x = d_out W^T`. Bias gradients are batch sums of terms of both signs that largely cancel
 /// (e.g. mean(p - y) at the output), so they are summed in f64 (`bias_acc`, scratch).
+#[inline(never)] // a per-batch call: keeps profiles readable
 pub fn backward(
     x: &[f32],
     d_out: &[f32],

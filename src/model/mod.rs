@@ -251,6 +251,7 @@ impl Model {
     /// Applies the gradients in `ws` with the configured optimizer to the touched rows only.
     /// If the update would make any weight or optimizer state non-finite, it is undone and the
     /// model keeps the weights it had before this batch.
+    #[inline(never)] // a per-batch call: keeps profiles readable
     pub fn apply_gradients(&self, ws: &mut Workspace) -> Result<()> {
         ws.undo.clear();
         let t = self.step.fetch_add(1, Relaxed) + 1;

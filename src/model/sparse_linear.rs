@@ -38,6 +38,7 @@ impl SparseLinear {
     /// Training forward over the batch rows: fills `ws.pre[0]` (B x width) and records, per
     /// non-zero, its slot and its input y (normalized, max_abs updated in order) for backward.
     /// Each distinct id's W row is loaded once into `ws.row_cache`.
+    #[inline(never)] // a per-batch call: keeps profiles readable
     pub fn forward_train<P: Idx, I: Idx>(
         &self,
         x: &CsrView<'_, P, I>,
@@ -122,6 +123,7 @@ impl SparseLinear {
 
     /// Given `dh` (B x width), fills the per-slot row gradients, the feature-bias gradients (when
     /// normalizing) and the bias gradient.
+    #[inline(never)] // a per-batch call: keeps profiles readable
     pub fn backward(&self, dh: &[f32], with_feat_bias: bool, ws: &mut Workspace) {
         debug_assert_eq!(ws.row_cache.len(), ws.slots.len() * self.width);
         let width = self.width;
