@@ -56,6 +56,7 @@ pub fn to_bytes(model: &Model, extra: &str) -> Result<Vec<u8>> {
         ("config", config),
         ("step", model.step.load(Relaxed).to_string()),
         ("epochs_done", model.epochs_done.load(Relaxed).to_string()),
+        ("batches_into_epoch", model.batches_into_epoch.load(Relaxed).to_string()),
         ("checksum", format!("{sum:016x}")),
         ("extra", extra.to_string()),
     ]
@@ -111,6 +112,12 @@ fn bad(msg: impl std::fmt::Display) -> Error {
 }
 
 pub fn from_bytes(bytes: &[u8]) -> Result<Loaded> {
+    read_model(bytes, false)
+}
+
+/// Reads a model file. With `inference_only`, optimizer state is checked (checksum) but not
+/// kept: the model holds only what prediction needs.
+pub fn read_model(bytes: &[u8], inference_only: bool) -> Result<Loaded> {
     let corrupt = |e: &dyn std::fmt::Display| bad(format!("not a readable sparselin model file (truncated or corrupted?): {e}"));
     let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| corrupt(&e))?;
     let st = SafeTensors::deserialize(bytes).map_err(|e| corrupt(&e))?;
@@ -127,10 +134,28 @@ pub fn from_bytes(bytes: &[u8]) -> Result<Loaded> {
             env!("CARGO_PKG_VERSION")
         )));
     }
-    let config: ModelConfig = serde_json::from_str(&field("config")?).map_err(|e| bad(format!("model config in the file is invalid: {e}")))?;
+    let mut config: ModelConfig =
+        serde_json::from_str(&field("config")?).map_err(|e| bad(format!("model config in the file is invalid: {e}")))?;
     let parse_u64 = |k: &str| -> Result<u64> { field(k)?.parse().map_err(|_| bad(format!("metadata '{k}' is not a number"))) };
-    let model = Model::new(config).map_err(|e| bad(format!("model config in the file is invalid: {e}")))?;
-    let mut names: Vec<(String, Vec<usize>)> = model.tensors().into_iter().map(|(n, s, _)| (n, s)).collect();
+    // The full model defines which tensors the file must hold.
+    let expected: Vec<(String, Vec<usize>)> = {
+        let probe = ModelConfig { n_features: 1, ..config.clone() };
+        Model::new(probe)
+            .map_err(|e| bad(format!("model config in the file is invalid: {e}")))?
+            .tensors()
+            .into_iter()
+            .map(|(name, mut shape, _)| {
+                if shape.len() == 2 && name.starts_with("sparse.weight") || name.starts_with("norm.") {
+                    shape[0] = config.n_features;
+                }
+                (name, shape)
+            })
+            .collect()
+    };
+    if st.len() != expected.len() {
+        return Err(bad(format!("model file has {} tensors, expected {}", st.len(), expected.len())));
+    }
+    let mut names: Vec<&(String, Vec<usize>)> = expected.iter().collect();
     names.sort();
     let mut sum = 0u64;
     for (name, shape) in &names {
@@ -142,25 +167,33 @@ pub fn from_bytes(bytes: &[u8]) -> Result<Loaded> {
                 view.shape()
             )));
         }
-        let data = view.data();
-        sum = checksum(sum, data);
-        let values: Vec<f32> = data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
-        model.tensor(name)?.copy_from(&values);
-    }
-    if st.len() != names.len() {
-        return Err(bad(format!("model file has {} tensors, expected {}", st.len(), names.len())));
+        sum = checksum(sum, view.data());
     }
     if format!("{sum:016x}") != field("checksum")? {
         return Err(bad("model file checksum does not match its contents: the file is corrupted or was modified"));
     }
+    if inference_only {
+        config.optimizer.kind = crate::optim::OptimizerKind::Sgd;
+    }
+    let model = Model::new(config).map_err(|e| bad(format!("model config in the file is invalid: {e}")))?;
+    for (name, _, tensor) in model.tensors() {
+        let data = st.tensor(&name).map_err(|_| bad(format!("model file has no tensor '{name}'")))?.data();
+        let values: Vec<f32> = data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        tensor.copy_from(&values);
+    }
     model.step.store(parse_u64("step")?, Relaxed);
     model.epochs_done.store(parse_u64("epochs_done")?, Relaxed);
+    model.batches_into_epoch.store(parse_u64("batches_into_epoch")?, Relaxed);
     Ok(Loaded { model, extra: meta.get("extra").cloned().unwrap_or_default() })
 }
 
 pub fn load(path: &Path) -> Result<Loaded> {
+    load_with(path, false)
+}
+
+pub fn load_with(path: &Path, inference_only: bool) -> Result<Loaded> {
     let bytes = std::fs::read(path).map_err(|e| Error::Io(format!("cannot read {}: {e}", path.display())))?;
-    from_bytes(&bytes).map_err(|e| match e {
+    read_model(&bytes, inference_only).map_err(|e| match e {
         Error::BadModelFile(m) => Error::BadModelFile(format!("{}: {m}", path.display())),
         other => other,
     })
@@ -205,5 +238,8 @@ mod tests {
         let e = from_bytes(&flipped).err().unwrap();
         assert!(e.to_string().contains("checksum"), "{e}");
         assert!(from_bytes(b"garbage").is_err());
+        let lean = read_model(&bytes, true).unwrap().model;
+        assert!(lean.tensors().iter().all(|(n, _, _)| !n.ends_with(".m") && !n.ends_with(".v")));
+        assert_eq!(lean.tensor("sparse.weight").unwrap().to_vec(), m.tensor("sparse.weight").unwrap().to_vec());
     }
 }

@@ -808,7 +808,7 @@ def test_training_divergence_stops_and_keeps_last_good_weights(ctr, make, value)
     Xb = X.copy()
     Xb.data[:] = value
     est = make()
-    with pytest.raises(TrainingDivergedError, match=r"training diverged in epoch 1 .*the model keeps the weights of the last good batch"):
+    with pytest.raises(TrainingDivergedError, match=r"training diverged at update [0-9]+ \(epoch 1, .*the model keeps the last weights under which a batch loss was finite"):
         est.fit(Xb, y)
     assert isinstance(TrainingDivergedError("x"), RuntimeError)
     # The estimator is still usable and its weights are the last *good* ones: finite.
@@ -834,7 +834,7 @@ def test_divergence_in_the_last_batch_is_not_silent(ctr):
     Xb.data[:] = 1e30
     est = sl.SparseLogisticRegression(normalize=False, optimizer="sgd", learning_rate=1e30, batch_size=X.shape[0],
                                       random_state=0)
-    with pytest.raises(TrainingDivergedError, match="keeps the weights of the last good batch"):
+    with pytest.raises(TrainingDivergedError, match="keeps the last weights under which a batch loss was finite"):
         est.fit(Xb, y)
     assert not _nonfinite_tensors(est)
     assert np.isfinite(est.predict_proba(X)).all()

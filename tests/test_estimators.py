@@ -150,7 +150,7 @@ def test_eval_set_history(ctr):
     p = clf.predict_proba(Xt)[:, 1]
     assert last["eval_logloss"] == pytest.approx(sparselin.metrics.logloss(yt, p), rel=1e-6)
     assert last["eval_auc"] == pytest.approx(sparselin.metrics.roc_auc(yt, p), rel=1e-6)
-    assert all(h["samples"] == 5000 for h in clf.history_)
+    assert [h["samples"] for h in clf.history_] == [5000, 10000, 15000]
 
 
 def test_sample_weight_is_used(ctr):

@@ -16,7 +16,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
-from . import _core
+from . import _core, _engine
 from . import metrics as _metrics
 from ._input import Csr, from_matrix, from_triple, is_path, is_triple
 from .io import load_svmlight
@@ -70,6 +70,7 @@ class _SparseEstimator(BaseEstimator):
         positive_int("batch_size", self.batch_size)
         positive_int("epochs", self.epochs)
         positive_int("threads", self.threads, minimum=0)
+        positive_int("predict_threads", self.predict_threads, minimum=0)
 
     def _seed(self):
         rs = self.random_state
@@ -141,43 +142,6 @@ class _SparseEstimator(BaseEstimator):
         self._model = self._new_model(n_features)
         self.history_ = []
 
-    def _train(self, csr: Csr, targets, weights, epochs, eval_set):
-        evals = [self._eval_arrays(e) for e in self._eval_sets(eval_set)]
-        n_features = self._model_n_features()
-        try:
-            from tqdm.auto import tqdm
-        except ImportError:  # progress bars are optional
-            tqdm = None
-        bar = None
-        if self.verbose and tqdm is not None:
-            bar = tqdm(total=epochs * csr.n_rows, unit="samples", unit_scale=True, delay=2.0,
-                       desc=type(self).__name__, leave=False)
-        done_before = 0
-
-        def progress(epoch, done, per_epoch):
-            if bar is not None:
-                bar.update(done_before + epoch * per_epoch + done - bar.n)
-
-        # One core call per epoch: history_ gets each finished epoch, also when a later one
-        # diverges (validation of X is repeated per call; it is a small part of an epoch).
-        passes = [1] * epochs
-        try:
-            for n in passes:
-                losses, samples, seconds = self._model.fit(
-                    csr.indptr, csr.indices, csr.values, n_features, targets, weights, n, int(self.batch_size),
-                    int(self.threads), True, progress,
-                )
-                done_before += samples
-                for loss in losses:
-                    entry = {"epoch": len(self.history_) + 1, "samples": int(samples / max(n, 1)),
-                             "train_loss": float(loss), "seconds": float(seconds / max(n, 1))}
-                    for k, (Xe, ye) in enumerate(evals):
-                        entry.update(self._eval_metrics(Xe, ye, "eval" if k == 0 else f"eval{k}"))
-                    self.history_.append(entry)
-        finally:
-            if bar is not None:
-                bar.close()
-
     @staticmethod
     def _eval_sets(eval_set):
         if eval_set is None:
@@ -194,31 +158,65 @@ class _SparseEstimator(BaseEstimator):
 
     def _decision(self, csr: Csr):
         return self._model.decision_function(csr.indptr, csr.indices, csr.values, self._model_n_features(),
-                                             int(self.threads))
+                                             int(self.predict_threads))
 
     # -- public API ------------------------------------------------------------------------
-    def fit(self, X, y=None, sample_weight=None, eval_set=None):
-        """Trains a new model for ``epochs`` passes. X: scipy.sparse matrix, dense array,
-        ``(indptr, indices, values)`` triple, or an svmlight file path (then y=None).
-        ``eval_set``: (X, y) or a list of them, scored after each epoch into ``history_``."""
-        for attr in ("classes_", "_model"):
+    def fit(self, X, y=None, sample_weight=None, eval_set=None, *, eval_every=None, early_stopping_rounds=None,
+            early_stopping_metric="logloss", callbacks=(), checkpoint_path=None, checkpoint_every=None,
+            keep_checkpoints=3, resume=False):
+        """Trains a new model for ``epochs`` passes.
+
+        X: scipy.sparse matrix, dense array, ``(indptr, indices, values)`` triple, or an svmlight
+        file path (then y=None). ``eval_set``: (X, y) or a list of them, scored every
+        ``eval_every`` samples (default: each epoch) into ``history_`` (logloss, AUC, PR-AUC, RCE,
+        calibration). ``early_stopping_rounds``: stop when ``early_stopping_metric`` of the first
+        eval set has not improved for that many evaluations (``best_score_``, ``best_samples_``).
+        ``callbacks``: functions ``f(estimator, history_entry)``; one returning True stops the
+        fit. ``checkpoint_path`` + ``checkpoint_every`` (samples): write
+        ``{checkpoint_path}-{samples}.safetensors`` atomically, keeping the last
+        ``keep_checkpoints``. ``resume=True``: continue from the newest such checkpoint, if any
+        (same data and settings), ending with the model an uninterrupted fit would have."""
+        for attr in ("classes_", "_model", "best_score_", "best_samples_"):
             if hasattr(self, attr):
                 delattr(self, attr)
         csr, targets, weights = self._fit_inputs(X, y, sample_weight, reset=True)
-        self._start(csr.n_cols)
-        self._train(csr, targets, weights, int(self.epochs), eval_set)
+        state = None
+        latest = _engine.latest_checkpoint(checkpoint_path) if resume and checkpoint_path is not None else None
+        if resume and checkpoint_path is None:
+            raise ValueError("resume=True needs a checkpoint_path")
+        if latest is not None:
+            model, extra = _core.load_model(latest)
+            extra = json.loads(extra)
+            if extra.get("estimator") != type(self).__name__ or "fit" not in extra:
+                raise _core.ModelFileError(f"{latest} is not a checkpoint of a {type(self).__name__} fit")
+            self._check_hyperparameters()
+            self._restore(model, extra)
+            state = extra["fit"]
+        else:
+            self._start(csr.n_cols)
+        evals = [self._eval_arrays(e) for e in self._eval_sets(eval_set)]
+        _engine.train(self, csr, targets, weights, int(self.epochs), evals=evals, eval_every=eval_every,
+                      early_stopping_rounds=early_stopping_rounds, early_stopping_metric=early_stopping_metric,
+                      callbacks=callbacks, checkpoint_path=checkpoint_path, checkpoint_every=checkpoint_every,
+                      keep_checkpoints=keep_checkpoints, state=state)
         return self
 
-    def partial_fit(self, X, y=None, sample_weight=None, eval_set=None, **kwargs):
+    def partial_fit(self, X, y=None, sample_weight=None, eval_set=None, *, classes=None,
+                    optimizer_state_decay=None):
         """One pass over (X, y), continuing from the current model (creating it on the first
-        call). Optimizer state and normalization statistics carry over."""
+        call): weights, optimizer state and normalization statistics carry over.
+        ``optimizer_state_decay`` in [0, 1] first multiplies the optimizer state (Adam moments,
+        Adagrad/FTRL accumulators), so statistics from older data fade (continual training)."""
         first = getattr(self, "_model", None) is None
-        if first and "classes" in kwargs and kwargs["classes"] is not None:
-            self._set_classes(np.asarray(kwargs["classes"]))
+        if first and classes is not None:
+            self._set_classes(np.asarray(classes))
         csr, targets, weights = self._fit_inputs(X, y, sample_weight, reset=first)
         if first:
             self._start(csr.n_cols)
-        self._train(csr, targets, weights, 1, eval_set)
+        elif optimizer_state_decay is not None:
+            self._model.decay_optimizer_state(float(optimizer_state_decay))
+        evals = [self._eval_arrays(e) for e in self._eval_sets(eval_set)]
+        _engine.train(self, csr, targets, weights, 1, evals=evals)
         return self
 
     def save(self, path):
@@ -235,6 +233,8 @@ class _SparseEstimator(BaseEstimator):
             params["hidden"] = list(params["hidden"])
         state = {"estimator": type(self).__name__, "params": params, "n_features_in": int(self.n_features_in_),
                  "history": getattr(self, "history_", [])}
+        if hasattr(self, "best_score_"):
+            state["best_score"], state["best_samples"] = self.best_score_, self.best_samples_
         if hasattr(self, "classes_"):
             state["classes"] = self.classes_.tolist()
             state["classes_dtype"] = self.classes_.dtype.str
@@ -246,6 +246,8 @@ class _SparseEstimator(BaseEstimator):
         self.history_ = extra.get("history", [])
         if "classes" in extra:
             self.classes_ = np.asarray(extra["classes"], dtype=np.dtype(extra["classes_dtype"]))
+        if "best_score" in extra:
+            self.best_score_, self.best_samples_ = extra["best_score"], extra["best_samples"]
 
     def __getstate__(self):
         state = dict(super().__getstate__())  # object.__getstate__ returns __dict__ itself
@@ -301,7 +303,9 @@ class _Classifier(ClassifierMixin, _SparseEstimator):
         out = {f"{prefix}_logloss": _metrics.logloss(targets, p)}
         if 0 < targets.sum() < targets.size:
             out[f"{prefix}_auc"] = _metrics.roc_auc(targets, p)
+            out[f"{prefix}_pr_auc"] = _metrics.pr_auc(targets, p)
             out[f"{prefix}_rce"] = _metrics.rce(targets, p)
+            out[f"{prefix}_calibration"] = _metrics.calibration(targets, p)
         return out
 
     def decision_function(self, X):
@@ -330,7 +334,7 @@ class SparseLogisticRegression(_Classifier):
     _linear = True
 
     def __init__(self, n_features=None, optimizer="lazy_adam", learning_rate=0.01, batch_size=512, epochs=1,
-                 threads=1, normalize=True, l1=0.0, l2=0.0, random_state=None, verbose=0):
+                 threads=1, normalize=True, l1=0.0, l2=0.0, random_state=None, verbose=0, predict_threads=0):
         self.n_features = n_features
         self.optimizer = optimizer
         self.learning_rate = learning_rate
@@ -342,6 +346,7 @@ class SparseLogisticRegression(_Classifier):
         self.l2 = l2
         self.random_state = random_state
         self.verbose = verbose
+        self.predict_threads = predict_threads
 
 
 class SparseMLPClassifier(_Classifier):
@@ -349,7 +354,8 @@ class SparseMLPClassifier(_Classifier):
     dense layers ``hidden`` with ReLU -> one logit -> sigmoid."""
 
     def __init__(self, n_features=None, sparse_width=50, hidden=(64, 16), optimizer="lazy_adam", learning_rate=1e-3,
-                 batch_size=512, epochs=1, threads=1, normalize=True, l1=0.0, l2=0.0, random_state=None, verbose=0):
+                 batch_size=512, epochs=1, threads=1, normalize=True, l1=0.0, l2=0.0, random_state=None, verbose=0,
+                 predict_threads=0):
         self.n_features = n_features
         self.sparse_width = sparse_width
         self.hidden = hidden
@@ -363,6 +369,7 @@ class SparseMLPClassifier(_Classifier):
         self.l2 = l2
         self.random_state = random_state
         self.verbose = verbose
+        self.predict_threads = predict_threads
 
 
 class SparseMLPRegressor(RegressorMixin, _SparseEstimator):
@@ -371,7 +378,8 @@ class SparseMLPRegressor(RegressorMixin, _SparseEstimator):
     _task = "regression"
 
     def __init__(self, n_features=None, sparse_width=50, hidden=(64, 16), optimizer="lazy_adam", learning_rate=1e-3,
-                 batch_size=512, epochs=1, threads=1, normalize=True, l1=0.0, l2=0.0, random_state=None, verbose=0):
+                 batch_size=512, epochs=1, threads=1, normalize=True, l1=0.0, l2=0.0, random_state=None, verbose=0,
+                 predict_threads=0):
         self.n_features = n_features
         self.sparse_width = sparse_width
         self.hidden = hidden
@@ -385,6 +393,7 @@ class SparseMLPRegressor(RegressorMixin, _SparseEstimator):
         self.l2 = l2
         self.random_state = random_state
         self.verbose = verbose
+        self.predict_threads = predict_threads
 
     def _encode_targets(self, y, reset):
         y = np.asarray(y, dtype=np.float64)

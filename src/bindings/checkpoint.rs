@@ -13,10 +13,11 @@ fn save_model(py: Python<'_>, model: PyRef<'_, PySparseModel>, path: std::path::
     detach(py, || checkpoint::save(m, &path, extra))
 }
 
-/// Returns (model, extra).
+/// Returns (model, extra). `inference_only` drops the optimizer state.
 #[pyfunction]
-fn load_model(py: Python<'_>, path: std::path::PathBuf) -> PyResult<(PySparseModel, String)> {
-    let loaded = detach(py, || checkpoint::load(&path))?;
+#[pyo3(signature = (path, inference_only=false))]
+fn load_model(py: Python<'_>, path: std::path::PathBuf, inference_only: bool) -> PyResult<(PySparseModel, String)> {
+    let loaded = detach(py, || checkpoint::load_with(&path, inference_only))?;
     Ok((PySparseModel { inner: loaded.model }, loaded.extra))
 }
 

@@ -62,9 +62,10 @@ impl PySparseModel {
         Ok(Self { inner: detach(py, || Model::new(config))? })
     }
 
-    /// Trains for `epochs`; returns (mean loss per epoch, samples, seconds). `progress(epoch,
-    /// samples_done, samples_per_epoch)` is called about every 0.2 s.
-    #[pyo3(signature = (indptr, indices, values, n_cols, targets, weights, epochs, batch_size, threads, shuffle, progress=None))]
+    /// Trains for `epochs` (or `max_batches`); returns a dict: epoch_losses, epochs_completed,
+    /// batches, samples, seconds. `progress(epoch, samples_done, samples_per_epoch)` is called
+    /// about every 0.2 s.
+    #[pyo3(signature = (indptr, indices, values, n_cols, targets, weights, epochs, batch_size, threads, shuffle, progress=None, max_batches=None, continue_epoch=false))]
     #[allow(clippy::too_many_arguments)]
     fn fit<'py>(
         &self,
@@ -80,13 +81,23 @@ impl PySparseModel {
         threads: usize,
         shuffle: bool,
         progress: Option<Py<PyAny>>,
-    ) -> PyResult<(Vec<f64>, u64, f64)> {
+        max_batches: Option<usize>,
+        continue_epoch: bool,
+    ) -> PyResult<Bound<'py, pyo3::types::PyDict>> {
         let indptr = IndexArray::new(indptr, "indptr")?;
         let indices = IndexArray::new(indices, "indices")?;
         let values = f32_slice(&values, "values")?;
         let targets = f32_slice(&targets, "y")?;
         let weights = weights.as_ref().map(|w| f32_slice(w, "sample_weight")).transpose()?;
-        let options = FitOptions { epochs, batch_size, threads, shuffle, progress_every: Duration::from_millis(200) };
+        let options = FitOptions {
+            epochs,
+            batch_size,
+            threads,
+            shuffle,
+            progress_every: Duration::from_millis(200),
+            max_batches,
+            continue_epoch,
+        };
         let model = &self.inner;
         let mut callback_error: Option<PyErr> = None;
         let result = with_csr_slices!(indptr, indices, |p, i| detach(py, || {
@@ -111,7 +122,26 @@ impl PySparseModel {
             return Err(e);
         }
         let report = result?;
-        Ok((report.epoch_losses, report.samples, report.seconds))
+        let d = pyo3::types::PyDict::new(py);
+        d.set_item("epoch_losses", report.epoch_losses)?;
+        d.set_item("epochs_completed", report.epochs_completed)?;
+        d.set_item("batches", report.batches)?;
+        d.set_item("samples", report.samples)?;
+        d.set_item("seconds", report.seconds)?;
+        Ok(d)
+    }
+
+    /// Multiplies all optimizer state by `factor` in [0, 1].
+    fn decay_optimizer_state(&self, py: Python<'_>, factor: f32) -> PyResult<()> {
+        let model = &self.inner;
+        detach(py, || model.decay_optimizer_state(factor))
+    }
+
+    /// (epochs started, batches done in the current epoch).
+    #[getter]
+    fn position(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.inner.epochs_done.load(Relaxed), self.inner.batches_into_epoch.load(Relaxed))
     }
 
     /// Raw outputs (logits for a classifier), computed on `threads` threads.

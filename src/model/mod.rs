@@ -89,6 +89,8 @@ pub struct Model {
     pub step: AtomicU64,
     /// Epochs started so far; seeds each epoch's shuffle.
     pub epochs_done: AtomicU64,
+    /// Batches finished in the current epoch (0 at an epoch boundary).
+    pub batches_into_epoch: AtomicU64,
 }
 
 /// One mini-batch: rows of `x` (in this order) and their targets and weights, indexed by row.
@@ -129,7 +131,15 @@ impl Model {
                 n_in = n_out;
             }
         }
-        Ok(Self { config, norm, sparse, dense, step: AtomicU64::new(0), epochs_done: AtomicU64::new(0) })
+        Ok(Self {
+            config,
+            norm,
+            sparse,
+            dense,
+            step: AtomicU64::new(0),
+            epochs_done: AtomicU64::new(0),
+            batches_into_epoch: AtomicU64::new(0),
+        })
     }
 
     pub fn workspace(&self) -> Workspace {
@@ -334,6 +344,21 @@ impl Model {
                 *o = a[0];
             }
         });
+        Ok(())
+    }
+
+    /// Multiplies every optimizer state tensor by `factor` (in [0, 1]): an exponential decay of
+    /// the statistics gathered on older data, for continual training under drift.
+    pub fn decay_optimizer_state(&self, factor: f32) -> Result<()> {
+        if !(0.0..=1.0).contains(&factor) {
+            return Err(invalid!("the optimizer state decay factor must be in [0, 1], got {factor}"));
+        }
+        let slot_names = self.config.optimizer.kind.slot_names();
+        for (name, _, tensor) in self.tensors() {
+            if slot_names.iter().any(|s| name.ends_with(&format!(".{s}"))) {
+                tensor.scale(factor);
+            }
+        }
         Ok(())
     }
 

@@ -159,6 +159,16 @@ impl SharedF32 {
         self.data.iter().map(|a| f32::from_bits(a.load(Relaxed))).collect()
     }
 
+    /// Multiplies every element by `factor`, in parallel.
+    pub fn scale(&self, factor: f32) {
+        use rayon::prelude::*;
+        self.data.par_chunks(1 << 16).for_each(|chunk| {
+            for a in chunk {
+                a.store((f32::from_bits(a.load(Relaxed)) * factor).to_bits(), Relaxed);
+            }
+        });
+    }
+
     pub fn copy_from(&self, values: &[f32]) {
         for (a, v) in self.data.iter().zip(values) {
             a.store(v.to_bits(), Relaxed);

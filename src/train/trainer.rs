@@ -46,11 +46,25 @@ pub struct FitOptions {
     pub shuffle: bool,
     /// How often the progress callback runs (it also runs at the end of each epoch).
     pub progress_every: Duration,
+    /// Stop after this many batches (a segment of a fit: evaluation, checkpoint); the model
+    /// remembers where it stopped inside its epoch.
+    pub max_batches: Option<usize>,
+    /// Continue the epoch the model stopped in (a later segment, or a resume from a
+    /// checkpoint); otherwise a partly done epoch is abandoned and a new one starts.
+    pub continue_epoch: bool,
 }
 
 impl Default for FitOptions {
     fn default() -> Self {
-        Self { epochs: 1, batch_size: 512, threads: 1, shuffle: true, progress_every: Duration::from_millis(200) }
+        Self {
+            epochs: 1,
+            batch_size: 512,
+            threads: 1,
+            shuffle: true,
+            progress_every: Duration::from_millis(200),
+            max_batches: None,
+            continue_epoch: false,
+        }
     }
 }
 
@@ -64,8 +78,12 @@ pub struct Progress {
 
 #[derive(Clone, Debug, Default)]
 pub struct FitReport {
-    /// Mean training loss of each epoch (over its batches, as they were trained).
+    /// Mean training loss of each epoch run (over its batches, as they were trained); the last
+    /// one covers only part of an epoch when `max_batches` stopped it.
     pub epoch_losses: Vec<f64>,
+    /// Epochs completed by this call.
+    pub epochs_completed: usize,
+    pub batches: u64,
     pub samples: u64,
     pub seconds: f64,
 }
@@ -103,10 +121,18 @@ impl EpochState {
     }
 }
 
-/// One worker: takes batches until none are left or someone asked to stop.
-fn work<P: Idx, I: Idx>(model: &Model, data: &TrainData<'_, P, I>, order: &[u32], batch_size: usize, state: &EpochState, mut tick: impl FnMut() -> Result<()>) {
+/// One worker: takes batches until `end_batch` or until someone asked to stop.
+fn work<P: Idx, I: Idx>(
+    model: &Model,
+    data: &TrainData<'_, P, I>,
+    order: &[u32],
+    batch_size: usize,
+    end_batch: usize,
+    state: &EpochState,
+    mut tick: impl FnMut() -> Result<()>,
+) {
     let mut ws = model.workspace();
-    let n_batches = order.len().div_ceil(batch_size);
+    let n_batches = end_batch;
     let mut loss_sum = 0.0;
     while !state.stop.load(Relaxed) {
         let b = state.next_batch.fetch_add(1, Relaxed);
@@ -131,9 +157,12 @@ fn work<P: Idx, I: Idx>(model: &Model, data: &TrainData<'_, P, I>, order: &[u32]
     *state.loss_sum.lock().unwrap_or_else(|p| p.into_inner()) += loss_sum;
 }
 
-/// Trains `model` on `data`. `on_progress` runs on the calling thread every
-/// `options.progress_every`; returning an error from it stops training after the batches in
-/// flight, leaving the model as they left it.
+/// Trains `model` on `data` for `options.epochs` epochs, or `options.max_batches` batches if
+/// that comes first. `on_progress` runs on the calling thread every `options.progress_every`;
+/// returning an error from it stops training after the batches in flight, leaving the model as
+/// they left it. Where the model is inside its epoch (epoch counter, batches done) is kept in the
+/// model and in checkpoints, so a fit cut into segments, or resumed from a file, follows the
+/// same batches in the same order as one uninterrupted fit.
 pub fn fit<P: Idx, I: Idx>(
     model: &Model,
     data: &TrainData<'_, P, I>,
@@ -145,6 +174,7 @@ pub fn fit<P: Idx, I: Idx>(
     }
     let threads = resolve_threads(options.threads);
     let n = data.x.n_rows();
+    let n_batches = n.div_ceil(options.batch_size);
     let start = Instant::now();
     let mut report = FitReport::default();
     let pool = if threads > 1 {
@@ -157,17 +187,30 @@ pub fn fit<P: Idx, I: Idx>(
     } else {
         None
     };
-    for epoch in 0..options.epochs {
-        let shuffle_epoch = model.epochs_done.fetch_add(1, Relaxed);
+    if !options.continue_epoch || model.batches_into_epoch.load(Relaxed) as usize >= n_batches {
+        model.batches_into_epoch.store(0, Relaxed);
+    }
+    let mut batches_left = options.max_batches.unwrap_or(usize::MAX);
+    let mut epoch = 0;
+    while epoch < options.epochs && batches_left > 0 {
+        let first_batch = model.batches_into_epoch.load(Relaxed) as usize;
+        let shuffle_epoch = if first_batch > 0 {
+            model.epochs_done.load(Relaxed).saturating_sub(1)
+        } else {
+            model.epochs_done.fetch_add(1, Relaxed)
+        };
+        let end_batch = n_batches.min(first_batch.saturating_add(batches_left));
         let order = epoch_order(n, model.config.seed, shuffle_epoch, options.shuffle);
         let state = EpochState {
-            next_batch: AtomicUsize::new(0),
+            next_batch: AtomicUsize::new(first_batch),
             samples_done: AtomicU64::new(0),
             stop: AtomicBool::new(false),
             error: Mutex::new(None),
             loss_sum: Mutex::new(0.0),
         };
-        let progress = |done: u64| Progress { epoch, epochs: options.epochs, samples_done: done, samples_per_epoch: n as u64 };
+        let this_epoch = epoch;
+        let progress =
+            move |done: u64| Progress { epoch: this_epoch, epochs: options.epochs, samples_done: done, samples_per_epoch: n as u64 };
         let mut last_report = Instant::now();
         match &pool {
             None => {
@@ -178,14 +221,14 @@ pub fn fit<P: Idx, I: Idx>(
                     }
                     Ok(())
                 };
-                work(model, data, &order, options.batch_size, &state, &mut tick);
+                work(model, data, &order, options.batch_size, end_batch, &state, &mut tick);
             }
             Some(pool) => {
                 let finished = AtomicUsize::new(0);
                 pool.in_place_scope(|scope| {
                     for _ in 0..threads {
                         scope.spawn(|_| {
-                            work(model, data, &order, options.batch_size, &state, || Ok(()));
+                            work(model, data, &order, options.batch_size, end_batch, &state, || Ok(()));
                             finished.fetch_add(1, Relaxed);
                         });
                     }
@@ -203,19 +246,78 @@ pub fn fit<P: Idx, I: Idx>(
         }
         let done = state.samples_done.load(Relaxed);
         report.samples += done;
+        // Batches handed out beyond the end (or never run after a stop) are not done.
+        let reached = state.next_batch.load(Relaxed).min(end_batch);
         if let Some(e) = state.error.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            model.batches_into_epoch.store(reached as u64, Relaxed);
             return Err(match e {
                 Error::Diverged(why) => Error::Diverged(format!(
-                    "training diverged in epoch {} after {done} samples ({why}); stopped, and the model keeps the weights of the last good batch (try a smaller learning_rate, or normalize=True)",
-                    epoch + 1
+                    "training diverged at update {} (epoch {}, {} samples into this call): {why}. Training stopped; \
+                     the model keeps the last weights under which a batch loss was finite (try a smaller \
+                     learning_rate, or normalize=True)",
+                    model.step.load(Relaxed) + 1,
+                    shuffle_epoch + 1,
+                    report.samples
                 )),
                 other => other,
             });
         }
+        report.batches += (end_batch - first_batch) as u64;
+        batches_left -= end_batch - first_batch;
         let loss_sum = state.loss_sum.into_inner().unwrap_or_else(|p| p.into_inner());
         report.epoch_losses.push(loss_sum / done.max(1) as f64);
+        if end_batch == n_batches {
+            model.batches_into_epoch.store(0, Relaxed);
+            report.epochs_completed += 1;
+            epoch += 1;
+        } else {
+            model.batches_into_epoch.store(end_batch as u64, Relaxed);
+        }
         on_progress(&progress(done))?;
     }
     report.seconds = start.elapsed().as_secs_f64();
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::synthetic::{make_ctr, CtrSpec};
+    use crate::data::Task;
+    use crate::model::{Head, ModelConfig};
+    use crate::optim::{OptimizerConfig, OptimizerKind};
+
+    fn model() -> Model {
+        Model::new(ModelConfig {
+            n_features: 1 << 12,
+            sparse_width: 4,
+            head: Head::Mlp { hidden: vec![3] },
+            task: Task::Binary,
+            normalize: true,
+            optimizer: OptimizerConfig { kind: OptimizerKind::LazyAdam, learning_rate: 0.01, l1: 0.0, l2: 0.0 },
+            seed: 4,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn segments_follow_the_same_batches_as_one_fit() {
+        let day = make_ctr(&CtrSpec { n_rows: 1000, n_features: 1 << 12, seed: 1, ..Default::default() }).unwrap().remove(0);
+        let x = day.matrix.view().unwrap();
+        let whole = model();
+        let data = TrainData::new(x, &day.labels, None, &whole).unwrap();
+        let options = FitOptions { epochs: 2, batch_size: 64, ..Default::default() };
+        let r = fit(&whole, &data, &options, &mut |_| Ok(())).unwrap();
+        assert_eq!((r.epochs_completed, r.batches), (2, 32));
+        let cut = model();
+        let mut batches = 0;
+        for k in [5, 11, 3, 13] {
+            let seg = FitOptions { max_batches: Some(k), continue_epoch: true, ..options.clone() };
+            batches += fit(&cut, &data, &seg, &mut |_| Ok(())).unwrap().batches;
+        }
+        assert_eq!(batches, 32);
+        for ((name, _, a), (_, _, b)) in whole.tensors().into_iter().zip(cut.tensors()) {
+            assert_eq!(a.to_vec(), b.to_vec(), "{name}");
+        }
+    }
 }
