@@ -3,6 +3,7 @@
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 
@@ -44,3 +45,28 @@ def test_train_save_then_load(tmp_path):
 def test_errors_exit_2_with_message(args, message):
     r = run(*args)
     assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_predict_and_eval_commands(real_data, tmp_path):
+    model = tmp_path / "a9a.safetensors"
+    r = run("train", str(real_data / "a9a"), "--model", "lr", "--epochs", "2", "--threads", "1", "--save", str(model))
+    assert r.returncode == 0, r.stderr
+    r = run("eval", str(model), str(real_data / "a9a.t"))
+    assert r.returncode == 0, r.stderr
+    for word in ("logloss", "AUC", "PR-AUC", "RCE", "calibration"):
+        assert word in r.stdout
+    out = tmp_path / "preds.txt"
+    r = run("predict", str(model), str(real_data / "a9a.t"), "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    preds = np.loadtxt(out)
+    assert preds.shape == (16281,) and ((preds >= 0) & (preds <= 1)).all()
+
+
+def test_train_with_eval_every_checkpoint_and_plot(tmp_path):
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "curves.png"
+    r = run("train", "--rows", "6000", "--test-rows", "1000", "--n-features", "4096", "--model", "lr", "--threads", "1",
+            "--eval-every", "2000", "--checkpoint", str(tmp_path / "ck"), "--checkpoint-every", "2000", "--plot", str(png))
+    assert r.returncode == 0, r.stderr
+    assert png.stat().st_size > 10_000
+    assert list(tmp_path.glob("ck-*.safetensors"))

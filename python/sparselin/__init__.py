@@ -13,6 +13,8 @@ from .estimators import (
     load,
 )
 from .io import load_svmlight
+from .plotting import plot_history
+from .predictor import Predictor
 
 __all__ = [
     "SparseLogisticRegression",
@@ -20,6 +22,8 @@ __all__ = [
     "SparseMLPRegressor",
     "load",
     "load_svmlight",
+    "Predictor",
+    "plot_history",
     "datasets",
     "metrics",
     "ModelFileError",

@@ -14,6 +14,7 @@ from ._core import ModelFileError, TrainingDivergedError
 from .datasets import make_ctr
 from .estimators import SparseLogisticRegression, SparseMLPClassifier
 from .io import load_svmlight
+from .predictor import Predictor
 
 
 def _load_files(paths, n_features=None):
@@ -78,11 +79,15 @@ def cmd_train(args):
     print(f"model: {arch}, {clf.optimizer} lr={clf.learning_rate}, batch {args.batch_size}, {args.epochs} epoch(s), "
           f"threads={args.threads or 'all'}")
     start = time.perf_counter()
-    eval_set = (Xt, yt) if Xt is not None and args.epochs > 1 else None
-    clf.fit(X, y, eval_set=eval_set)
+    wants_curve = args.plot or args.eval_every or args.early_stopping
+    eval_set = (Xt, yt) if Xt is not None and (args.epochs > 1 or wants_curve) else None
+    if (args.eval_every or args.early_stopping) and eval_set is None:
+        raise ValueError("--eval-every and --early-stopping need test data (--test PATH)")
+    clf.fit(X, y, eval_set=eval_set, eval_every=args.eval_every, early_stopping_rounds=args.early_stopping,
+            checkpoint_path=args.checkpoint, checkpoint_every=args.checkpoint_every, resume=args.resume)
     wall = time.perf_counter() - start
-    train_seconds = sum(h["seconds"] for h in clf.history_)
-    samples = X.shape[0] * args.epochs
+    train_seconds = clf.history_[-1]["seconds"]
+    samples = clf.history_[-1]["samples"]
     print(f"trained {samples:,} samples in {train_seconds:.2f} s: {samples / train_seconds:,.0f} samples/s "
           f"(train loss {clf.history_[-1]['train_loss']:.4f}; {wall:.2f} s with model setup)")
     if Xt is not None:
@@ -92,6 +97,49 @@ def cmd_train(args):
     if args.save:
         clf.save(args.save)
         print(f"saved {args.save}")
+    if args.plot:
+        from .plotting import plot_history
+        plot_history(clf.history_, args.plot, title=arch)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def _predictor_and_data(args):
+    model = Predictor(args.model, threads=args.threads)
+    X, y = load_svmlight(args.data, n_features=model.n_features)
+    return model, X, y
+
+
+def cmd_predict(args):
+    model, X, _ = _predictor_and_data(args)
+    start = time.perf_counter()
+    scores = model.predict_proba(X)[:, 1] if model.task == "binary" else model.decision_function(X)
+    seconds = time.perf_counter() - start
+    out = sys.stdout if args.output in (None, "-") else open(args.output, "w")
+    try:
+        np.savetxt(out, scores, fmt="%.7g")
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    if out is not sys.stdout:
+        print(f"wrote {X.shape[0]:,} predictions to {args.output} ({X.shape[0] / max(seconds, 1e-9):,.0f} rows/s)")
+    return 0
+
+
+def cmd_eval(args):
+    model, X, y = _predictor_and_data(args)
+    if model.task != "binary":
+        pred = model.decision_function(X)
+        print(f"rows {X.shape[0]:,}  mse {float(np.mean((pred - y) ** 2)):.6g}")
+        return 0
+    positive = model.classes_[1] if model.classes_ is not None else 1
+    y01 = (np.asarray(y) == positive).astype(np.float32)
+    p = model.predict_proba(X)[:, 1]
+    line = f"rows {X.shape[0]:,}  logloss {metrics.logloss(y01, p):.4f}"
+    if 0 < y01.sum() < y01.size:
+        line += (f"  AUC {metrics.roc_auc(y01, p):.4f}  PR-AUC {metrics.pr_auc(y01, p):.4f}"
+                 f"  RCE {metrics.rce(y01, p):.2f}  calibration {metrics.calibration(y01, p):.3f}")
+    print(line)
     return 0
 
 
@@ -118,7 +166,27 @@ def build_parser():
     t.add_argument("--test-rows", type=int, default=50_000, help="synthetic test rows")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--save", metavar="MODEL", help="write the trained model (safetensors)")
+    t.add_argument("--eval-every", type=int, default=None, metavar="SAMPLES", help="evaluate on the test data this often")
+    t.add_argument("--early-stopping", type=int, default=None, metavar="ROUNDS",
+                   help="stop when test logloss has not improved for this many evaluations")
+    t.add_argument("--checkpoint", metavar="PREFIX", help="write checkpoints PREFIX-<samples>.safetensors")
+    t.add_argument("--checkpoint-every", type=int, default=None, metavar="SAMPLES")
+    t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint under --checkpoint")
+    t.add_argument("--plot", metavar="PNG", help="draw learning curves (needs matplotlib)")
     t.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("predict", help="write one prediction per row of an svmlight file")
+    p.add_argument("model", help="a model saved with save() or --save, or a checkpoint")
+    p.add_argument("data", help="svmlight file")
+    p.add_argument("-o", "--output", help="output file (default: standard output)")
+    p.add_argument("--threads", type=int, default=0, help="0 = all cores (default)")
+    p.set_defaults(func=cmd_predict)
+
+    e = sub.add_parser("eval", help="print logloss, AUC, PR-AUC, RCE and calibration of a model on a file")
+    e.add_argument("model")
+    e.add_argument("data", help="svmlight file")
+    e.add_argument("--threads", type=int, default=0, help="0 = all cores (default)")
+    e.set_defaults(func=cmd_eval)
     return ap
 
 
