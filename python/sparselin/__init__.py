@@ -12,7 +12,7 @@ from .estimators import (
     SparseMLPRegressor,
     load,
 )
-from .io import load_svmlight
+from .io import FeatureHasher, FileData, from_records, load_svmlight, read
 from .plotting import plot_history
 from .predictor import Predictor
 
@@ -22,6 +22,10 @@ __all__ = [
     "SparseMLPRegressor",
     "load",
     "load_svmlight",
+    "read",
+    "FileData",
+    "FeatureHasher",
+    "from_records",
     "Predictor",
     "plot_history",
     "datasets",

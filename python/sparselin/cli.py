@@ -13,23 +13,8 @@ from . import metrics
 from ._core import ModelFileError, TrainingDivergedError
 from .datasets import make_ctr
 from .estimators import SparseLogisticRegression, SparseMLPClassifier
-from .io import load_svmlight
+from .io import FileData, load_svmlight
 from .predictor import Predictor
-
-
-def _load_files(paths, n_features=None):
-    parts = [load_svmlight(p, n_features=n_features) for p in paths]
-    n = max(X.shape[1] for X, _ in parts)
-    Xs = []
-    for X, _ in parts:
-        if X.shape[1] < n:
-            X = sp.csr_matrix((X.data, X.indices, X.indptr), shape=(X.shape[0], n))
-        Xs.append(X)
-    return sp.vstack(Xs, format="csr"), np.concatenate([y for _, y in parts])
-
-
-def _with_width(X, n):
-    return X if X.shape[1] == n else sp.csr_matrix((X.data, X.indices, X.indptr), shape=(X.shape[0], n))
 
 
 def _report(clf, X, y, label):
@@ -47,24 +32,43 @@ def _parse_hidden(text):
     return () if text in ("", "none") else tuple(int(h) for h in text.split(","))
 
 
+def _split(text):
+    return [c for c in (text or "").split(",") if c]
+
+
+def _file_data(args, paths, n_features=None):
+    return FileData(paths, format=args.format, bits=args.bits, n_features=n_features, label=args.label,
+                    numeric=_split(args.numeric), categorical=_split(args.categorical), ignore=_split(args.ignore),
+                    delimiter=args.delimiter, window=args.window, cache=args.cache or None)
+
+
 def cmd_train(args):
+    stream = None
+    X = y = Xt = yt = None
     if args.paths:
-        if args.format != "svmlight":
-            raise ValueError(f"--format {args.format} is not supported yet; svmlight is")
-        X, y = _load_files(args.paths, args.n_features)
-        Xt = yt = None
+        train = _file_data(args, args.paths, args.n_features)
+        n_features = None
+        if train.format == "svmlight":
+            n_features = _file_data(args, args.paths + ([args.test] if args.test else []), args.n_features).resolve()[0]
+            train = _file_data(args, args.paths, n_features)
+        if args.holdout:
+            if not 0 < args.holdout < 1:
+                raise ValueError("--holdout must be a fraction in (0, 1)")
+            X, y, _, _ = train.read(binary=True)
+            cut = int(round(X.shape[0] * (1 - args.holdout)))
+            X, Xt, y, yt = X[:cut], X[cut:], y[:cut], y[cut:]
+        else:
+            stream = train
         if args.test:
-            Xt, yt = _load_files([args.test])
-            n = max(X.shape[1], Xt.shape[1])
-            X, Xt = _with_width(X, n), _with_width(Xt, n)
-        source = ", ".join(args.paths)
+            Xt, yt, _, _ = _file_data(args, [args.test], n_features).read(binary=True)
+        source = f"{', '.join(args.paths)} ({train.format})"
     else:
         rows, test_rows = args.rows, args.test_rows
         n_features = args.n_features or 2**20
         X, y = make_ctr(rows + test_rows, n_features=n_features, nnz=100, random_state=args.seed)
         X, Xt, y, yt = X[:rows], X[rows:], y[:rows], y[rows:]
         source = f"make_ctr (synthetic Twitter-like), {rows:,} train / {test_rows:,} test rows"
-    common = dict(n_features=args.n_features, optimizer=args.optimizer, batch_size=args.batch_size, epochs=args.epochs,
+    common = dict(n_features=None if args.paths else args.n_features, optimizer=args.optimizer, batch_size=args.batch_size, epochs=args.epochs,
                   threads=args.threads, normalize=not args.no_normalize, l2=args.l2, random_state=args.seed,
                   verbose=1)
     if args.model == "lr":
@@ -75,7 +79,11 @@ def cmd_train(args):
         clf = SparseMLPClassifier(sparse_width=args.sparse_width, hidden=hidden, learning_rate=args.lr or 1e-3,
                                   **common)
         arch = f"MLP (sparse {args.sparse_width} -> {' -> '.join(map(str, hidden + (1,)))})"
-    print(f"data: {source}: {X.shape[0]:,} rows, {X.shape[1]:,} features, {X.nnz / max(X.shape[0], 1):.1f} non-zeros/row")
+    if stream is None:
+        print(f"data: {source}: {X.shape[0]:,} rows, {X.shape[1]:,} features, {X.nnz / max(X.shape[0], 1):.1f} non-zeros/row")
+    else:
+        print(f"data: {source}, streamed in windows of {stream.window:,} rows"
+              + (f", cache {stream.cache}" if stream.cache else ""))
     print(f"model: {arch}, {clf.optimizer} lr={clf.learning_rate}, batch {args.batch_size}, {args.epochs} epoch(s), "
           f"threads={args.threads or 'all'}")
     start = time.perf_counter()
@@ -83,17 +91,27 @@ def cmd_train(args):
     eval_set = (Xt, yt) if Xt is not None and (args.epochs > 1 or wants_curve) else None
     if (args.eval_every or args.early_stopping) and eval_set is None:
         raise ValueError("--eval-every and --early-stopping need test data (--test PATH)")
-    clf.fit(X, y, eval_set=eval_set, eval_every=args.eval_every, early_stopping_rounds=args.early_stopping,
-            checkpoint_path=args.checkpoint, checkpoint_every=args.checkpoint_every, resume=args.resume)
+    if stream is not None:
+        clf.fit(stream, eval_set=eval_set)
+    else:
+        clf.fit(X, y, eval_set=eval_set, eval_every=args.eval_every, early_stopping_rounds=args.early_stopping,
+                checkpoint_path=args.checkpoint, checkpoint_every=args.checkpoint_every, resume=args.resume)
     wall = time.perf_counter() - start
     train_seconds = clf.history_[-1]["seconds"]
     samples = clf.history_[-1]["samples"]
+    extra = ""
+    if stream is not None:
+        extra = f"; reader wait {sum(h.get('reader_wait_seconds', 0) for h in clf.history_):.2f} s"
+        if hasattr(clf, "collision_rate_"):
+            extra += f"; hashed-id collision rate {clf.collision_rate_:.2%}"
     print(f"trained {samples:,} samples in {train_seconds:.2f} s: {samples / train_seconds:,.0f} samples/s "
-          f"(train loss {clf.history_[-1]['train_loss']:.4f}; {wall:.2f} s with model setup)")
+          f"(train loss {clf.history_[-1]['train_loss']:.4f}; {wall:.2f} s with setup{extra})")
     if Xt is not None:
         _report(clf, Xt, yt, "test")
-    else:
+    elif X is not None:
         _report(clf, X, y, "train (no --test given)")
+    else:
+        print("no test data: give --test PATH or --holdout FRACTION for test logloss / AUC / RCE")
     if args.save:
         clf.save(args.save)
         print(f"saved {args.save}")
@@ -106,7 +124,13 @@ def cmd_train(args):
 
 def _predictor_and_data(args):
     model = Predictor(args.model, threads=args.threads)
-    X, y = load_svmlight(args.data, n_features=model.n_features)
+    data = FileData(args.data, format=args.format, bits=args.bits, label=args.label, numeric=_split(args.numeric),
+                    categorical=_split(args.categorical), ignore=_split(args.ignore), delimiter=args.delimiter)
+    n_features = model.n_features if data.format == "svmlight" else None
+    X, y, _, _ = data.read(binary=model.task == "binary", n_features=n_features)
+    if X.shape[1] != model.n_features:
+        raise ValueError(f"the data has {X.shape[1]} features (ids) but the model has n_features={model.n_features}; "
+                         f"use the --bits the model was trained with")
     return model, X, y
 
 
@@ -132,8 +156,7 @@ def cmd_eval(args):
         pred = model.decision_function(X)
         print(f"rows {X.shape[0]:,}  mse {float(np.mean((pred - y) ** 2)):.6g}")
         return 0
-    positive = model.classes_[1] if model.classes_ is not None else 1
-    y01 = (np.asarray(y) == positive).astype(np.float32)
+    y01 = np.asarray(y, dtype=np.float32)  # read as 0/1 (labels -1/+1 become 0/1)
     p = model.predict_proba(X)[:, 1]
     line = f"rows {X.shape[0]:,}  logloss {metrics.logloss(y01, p):.4f}"
     if 0 < y01.sum() < y01.size:
@@ -143,14 +166,32 @@ def cmd_eval(args):
     return 0
 
 
+def _reader_options(p):
+    p.add_argument("--format", default=None, choices=["svmlight", "vw", "criteo", "csv"])
+    p.add_argument("--bits", type=int, default=20)
+    for name in ("--label", "--numeric", "--categorical", "--ignore", "--delimiter"):
+        p.add_argument(name)
+
+
 def build_parser():
     ap = argparse.ArgumentParser(prog="sparselin", description="Fast sparse LR / MLP training for CTR data.")
     sub = ap.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train a model and print test logloss / AUC / RCE and samples/s",
                        description="With no PATH, trains the reference MLP on built-in synthetic Twitter-like data.")
-    t.add_argument("paths", nargs="*", metavar="PATH", help="svmlight training file(s)")
-    t.add_argument("--test", metavar="PATH", help="svmlight test file")
-    t.add_argument("--format", default="svmlight", choices=["svmlight"])
+    t.add_argument("paths", nargs="*", metavar="PATH", help="training file(s) or globs, streamed (gzip ok)")
+    t.add_argument("--test", metavar="PATH", help="test file (same format), read into memory")
+    t.add_argument("--holdout", type=float, default=None, metavar="FRACTION",
+                   help="read PATHs into memory and test on their last FRACTION of rows")
+    t.add_argument("--format", default=None, choices=["svmlight", "vw", "criteo", "csv"],
+                   help="default: from the extension (.svm/.libsvm, .vw, .tsv = Criteo, .csv) or the first line")
+    t.add_argument("--bits", type=int, default=20, help="hashed formats: ids in [0, 2^bits) (default 20)")
+    t.add_argument("--window", type=int, default=65536, help="rows per shuffle window when streaming")
+    t.add_argument("--cache", metavar="PATH", help="binary cache of the parsed rows, reused by later epochs/runs")
+    t.add_argument("--label", help="CSV label column (default: label or click)")
+    t.add_argument("--numeric", help="CSV numeric columns, comma-separated")
+    t.add_argument("--categorical", help="CSV categorical columns (default: all others)")
+    t.add_argument("--ignore", help="CSV columns to skip, comma-separated")
+    t.add_argument("--delimiter", help="CSV delimiter (default ,)")
     t.add_argument("--model", default="mlp", choices=["lr", "mlp"])
     t.add_argument("--epochs", type=int, default=1)
     t.add_argument("--batch-size", type=int, default=512)
@@ -177,14 +218,16 @@ def build_parser():
 
     p = sub.add_parser("predict", help="write one prediction per row of an svmlight file")
     p.add_argument("model", help="a model saved with save() or --save, or a checkpoint")
-    p.add_argument("data", help="svmlight file")
+    p.add_argument("data", help="data file (any format; see train --format)")
+    _reader_options(p)
     p.add_argument("-o", "--output", help="output file (default: standard output)")
     p.add_argument("--threads", type=int, default=0, help="0 = all cores (default)")
     p.set_defaults(func=cmd_predict)
 
     e = sub.add_parser("eval", help="print logloss, AUC, PR-AUC, RCE and calibration of a model on a file")
     e.add_argument("model")
-    e.add_argument("data", help="svmlight file")
+    e.add_argument("data", help="data file (any format; see train --format)")
+    _reader_options(e)
     e.add_argument("--threads", type=int, default=0, help="0 = all cores (default)")
     e.set_defaults(func=cmd_eval)
     return ap

@@ -19,7 +19,7 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted, vali
 from . import _core, _engine
 from . import metrics as _metrics
 from ._input import Csr, from_matrix, from_triple, is_path, is_triple
-from .io import load_svmlight
+from .io import FileData, load_svmlight
 
 _OPTIMIZERS = ("sgd", "lazy_adam", "adagrad", "ftrl")
 
@@ -117,6 +117,9 @@ class _SparseEstimator(BaseEstimator):
 
     def _predict_inputs(self, X) -> Csr:
         check_is_fitted(self)
+        if isinstance(X, FileData):
+            Xf, _, _, _ = X.read(n_features=self._model_n_features())
+            return from_matrix(Xf)
         if is_path(X):
             X, _ = load_svmlight(X, n_features=self._model_n_features())
             if X.shape[1] != self.n_features_in_:
@@ -154,6 +157,11 @@ class _SparseEstimator(BaseEstimator):
         if not (isinstance(pair, tuple) and len(pair) == 2):
             raise ValueError("eval_set must be (X, y) or a list of (X, y) pairs")
         X, y = pair
+        if isinstance(X, FileData):
+            Xf, yf, _, _ = X.read(binary=self._task == "binary", n_features=self._model_n_features())
+            if y is not None:
+                raise ValueError("with FileData in eval_set the labels come from the files: pass (data, None)")
+            return from_matrix(Xf), np.ascontiguousarray(yf, dtype=np.float32)
         return self._predict_inputs(X), self._encode_targets(np.asarray(y), reset=False)
 
     def _decision(self, csr: Csr):
@@ -176,9 +184,17 @@ class _SparseEstimator(BaseEstimator):
         ``{checkpoint_path}-{samples}.safetensors`` atomically, keeping the last
         ``keep_checkpoints``. ``resume=True``: continue from the newest such checkpoint, if any
         (same data and settings), ending with the model an uninterrupted fit would have."""
-        for attr in ("classes_", "_model", "best_score_", "best_samples_"):
+        for attr in ("classes_", "_model", "best_score_", "best_samples_", "collision_rate_"):
             if hasattr(self, attr):
                 delattr(self, attr)
+        if isinstance(X, FileData):
+            if y is not None or sample_weight is not None:
+                raise ValueError("with FileData the labels (and VW importances) come from the files: pass y=None")
+            if any(v for v in (eval_every, early_stopping_rounds, checkpoint_path, checkpoint_every, resume)):
+                raise ValueError("eval_every, early stopping, checkpoints and resume need the data in memory; "
+                                 "streaming from FileData supports eval_set (scored after each epoch)")
+            self._fit_files(X, int(self.epochs), eval_set, new_model=True)
+            return self
         csr, targets, weights = self._fit_inputs(X, y, sample_weight, reset=True)
         state = None
         latest = _engine.latest_checkpoint(checkpoint_path) if resume and checkpoint_path is not None else None
@@ -208,6 +224,11 @@ class _SparseEstimator(BaseEstimator):
         ``optimizer_state_decay`` in [0, 1] first multiplies the optimizer state (Adam moments,
         Adagrad/FTRL accumulators), so statistics from older data fade (continual training)."""
         first = getattr(self, "_model", None) is None
+        if isinstance(X, FileData):
+            if not first and optimizer_state_decay is not None:
+                self._model.decay_optimizer_state(float(optimizer_state_decay))
+            self._fit_files(X, 1, eval_set, new_model=first)
+            return self
         if first and classes is not None:
             self._set_classes(np.asarray(classes))
         csr, targets, weights = self._fit_inputs(X, y, sample_weight, reset=first)
@@ -218,6 +239,54 @@ class _SparseEstimator(BaseEstimator):
         evals = [self._eval_arrays(e) for e in self._eval_sets(eval_set)]
         _engine.train(self, csr, targets, weights, 1, evals=evals)
         return self
+
+    def _fit_files(self, data: FileData, epochs, eval_set, new_model):
+        """Streams the files through the core trainer (bounded memory, background reader)."""
+        binary = self._task == "binary"
+        if new_model:
+            self._check_hyperparameters()
+            if data.format == "svmlight":
+                n_features, zero_based = data.resolve(data.n_features or self.n_features)
+            else:
+                n_features, zero_based = 2**data.bits, None
+                if self.n_features not in (None, n_features):
+                    raise ValueError(f"n_features={self.n_features} but the files are hashed into 2**{data.bits} ids")
+            self._model = self._new_model(n_features)
+            self.history_ = []
+            self.n_features_in_ = n_features
+            if binary:
+                self.classes_ = np.array([0, 1])
+        else:
+            n_features, zero_based = self._model_n_features(), None
+            if data.format == "svmlight":
+                zero_based = data.resolve(n_features)[1]
+        spec = data.spec_json(n_features, zero_based)
+        evals = [self._eval_arrays(e) for e in self._eval_sets(eval_set)]
+        bar = _engine._progress_bar(self, None)
+        samples = self.history_[-1]["samples"] if self.history_ else 0
+        seconds = self.history_[-1]["seconds"] if self.history_ else 0.0
+
+        def progress(epoch, done, per_epoch):
+            if bar is not None:
+                bar.update(done - bar.n)
+
+        try:
+            for epoch in range(epochs):
+                r = self._model.fit_files(data.paths, spec, binary, 1, int(self.batch_size), int(self.threads),
+                                          data.window, data.cache, progress if bar is not None else None,
+                                          epoch == 0)
+                samples += r["samples"]
+                seconds += r["seconds"]
+                entry = {"samples": samples, "epoch": len(self.history_) + 1, "train_loss": r["epoch_losses"][-1],
+                         "seconds": seconds, "reader_wait_seconds": r["waiting"]}
+                for k, (Xe, ye) in enumerate(evals):
+                    entry.update(self._eval_metrics(Xe, ye, "eval" if k == 0 else f"eval{k}"))
+                self.history_.append(entry)
+                if "distinct_keys" in r and r["distinct_keys"]:
+                    self.collision_rate_ = 1.0 - r["distinct_slots"] / r["distinct_keys"]
+        finally:
+            if bar is not None:
+                bar.close()
 
     def save(self, path):
         """Writes the model (weights, normalization, optimizer state, estimator settings) to a

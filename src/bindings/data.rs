@@ -8,6 +8,11 @@ use pyo3::prelude::*;
 use super::errors::detach;
 use crate::data::svmlight::{read_svmlight, IdBase};
 use crate::data::synthetic::{make_ctr as core_make_ctr, CtrSpec};
+use std::path::PathBuf;
+
+use crate::data::hashing;
+use crate::data::readers::source::{read_all, resolve};
+use crate::data::readers::{collision_stats, ReaderSpec};
 use crate::data::OwnedCsr;
 use crate::invalid;
 
@@ -96,7 +101,97 @@ fn make_ctr<'py>(
     Ok(days.into_iter().map(|d| (csr_to_numpy(py, d.matrix), d.labels.into_pyarray(py))).collect())
 }
 
+/// The reader settings given from Python as JSON (see `ReaderSpec`).
+pub fn reader_spec(spec_json: &str) -> PyResult<ReaderSpec> {
+    serde_json::from_str(spec_json).map_err(|e| super::errors::to_py(invalid!("bad reader settings: {e}")))
+}
+
+/// Reads whole files into memory (parsing in parallel). Returns ((indptr, indices, values),
+/// labels, weights or None, n_features, (distinct keys, distinct slots) or None).
+#[pyfunction]
+#[pyo3(signature = (paths, spec_json, binary, collect_keys=false))]
+#[allow(clippy::type_complexity)]
+fn read_files<'py>(
+    py: Python<'py>,
+    paths: Vec<PathBuf>,
+    spec_json: &str,
+    binary: bool,
+    collect_keys: bool,
+) -> PyResult<(CsrArrays<'py>, Bound<'py, PyArray1<f32>>, Option<Bound<'py, PyArray1<f32>>>, usize, Option<(usize, usize)>)> {
+    let spec = reader_spec(spec_json)?;
+    let (chunk, n_features, stats) = detach(py, || {
+        let resolved = resolve(&paths, &spec, binary)?;
+        let chunk = read_all(&paths, &resolved, collect_keys && spec.is_hashed())?;
+        let stats = match (&chunk.keys, spec.is_hashed()) {
+            (Some(keys), true) => Some(collision_stats(keys, spec.bits()?)),
+            _ => None,
+        };
+        Ok((chunk, resolved.n_features, stats))
+    })?;
+    let weights = chunk.weights.map(|w| w.into_pyarray(py));
+    Ok((csr_to_numpy(py, chunk.matrix), chunk.labels.into_pyarray(py), weights, n_features, stats))
+}
+
+/// (n_features, zero_based) the files resolve to (svmlight: one streaming pass when the user
+/// gave neither; hashed formats: 2^bits).
+#[pyfunction]
+fn resolve_files(py: Python<'_>, paths: Vec<PathBuf>, spec_json: &str) -> PyResult<(usize, bool)> {
+    let spec = reader_spec(spec_json)?;
+    let resolved = detach(py, || resolve(&paths, &spec, false))?;
+    Ok((resolved.n_features, resolved.shift == 0))
+}
+
+/// Hashed ids of categorical (field, value) pairs.
+#[pyfunction]
+fn hash_categorical<'py>(py: Python<'py>, fields: Vec<String>, values: Vec<String>, bits: u32) -> PyResult<Bound<'py, PyArray1<i64>>> {
+    if fields.len() != values.len() {
+        return Err(super::errors::to_py(invalid!("{} fields but {} values", fields.len(), values.len())));
+    }
+    check_bits(bits)?;
+    let mut scratch = Vec::new();
+    let ids: Vec<i64> = fields
+        .iter()
+        .zip(&values)
+        .map(|(f, v)| hashing::slot(hashing::field_value_key(f.as_bytes(), v.as_bytes(), &mut scratch), bits))
+        .collect();
+    Ok(ids.into_pyarray(py))
+}
+
+/// Hashed ids of numeric fields.
+#[pyfunction]
+fn hash_numeric<'py>(py: Python<'py>, fields: Vec<String>, bits: u32) -> PyResult<Bound<'py, PyArray1<i64>>> {
+    check_bits(bits)?;
+    let ids: Vec<i64> = fields.iter().map(|f| hashing::slot(hashing::field_key(f.as_bytes()), bits)).collect();
+    Ok(ids.into_pyarray(py))
+}
+
+/// Hashed ids of 64-bit integer keys (DataRecord style).
+#[pyfunction]
+fn hash_keys<'py>(py: Python<'py>, keys: PyReadonlyArray1<'py, u64>, bits: u32) -> PyResult<(Bound<'py, PyArray1<i64>>, usize, usize)> {
+    check_bits(bits)?;
+    let keys = index_slice(&keys, "keys")?;
+    let (ids, distinct, slots) = detach(py, || {
+        let hashed: Vec<u64> = keys.iter().map(|&k| hashing::integer_key(k)).collect();
+        let set: crate::data::readers::KeySet = hashed.iter().copied().collect();
+        let (distinct, slots) = collision_stats(&set, bits);
+        Ok((hashed.into_iter().map(|k| hashing::slot(k, bits)).collect::<Vec<i64>>(), distinct, slots))
+    })?;
+    Ok((ids.into_pyarray(py), distinct, slots))
+}
+
+fn check_bits(bits: u32) -> PyResult<()> {
+    if !(1..=40).contains(&bits) {
+        return Err(super::errors::to_py(invalid!("bits must be in [1, 40], got {bits}")));
+    }
+    Ok(())
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(read_files, m)?)?;
+    m.add_function(wrap_pyfunction!(resolve_files, m)?)?;
+    m.add_function(wrap_pyfunction!(hash_categorical, m)?)?;
+    m.add_function(wrap_pyfunction!(hash_numeric, m)?)?;
+    m.add_function(wrap_pyfunction!(hash_keys, m)?)?;
     m.add_function(wrap_pyfunction!(load_svmlight, m)?)?;
     m.add_function(wrap_pyfunction!(make_ctr, m)?)?;
     Ok(())

@@ -131,6 +131,78 @@ impl PySparseModel {
         Ok(d)
     }
 
+    /// Trains on text files streamed in bounded memory (see `train::stream::fit_files`).
+    /// Returns a dict: epoch_losses, samples, seconds, waiting, chunks, n_features, and
+    /// distinct_keys / distinct_slots for hashed formats.
+    #[pyo3(signature = (paths, spec_json, binary, epochs, batch_size, threads, window, cache=None, progress=None, collect_keys=false))]
+    #[allow(clippy::too_many_arguments)]
+    fn fit_files<'py>(
+        &self,
+        py: Python<'py>,
+        paths: Vec<std::path::PathBuf>,
+        spec_json: &str,
+        binary: bool,
+        epochs: usize,
+        batch_size: usize,
+        threads: usize,
+        window: usize,
+        cache: Option<std::path::PathBuf>,
+        progress: Option<Py<PyAny>>,
+        collect_keys: bool,
+    ) -> PyResult<Bound<'py, pyo3::types::PyDict>> {
+        let spec = super::data::reader_spec(spec_json)?;
+        let model = &self.inner;
+        let options = FitOptions { epochs, batch_size, threads, ..Default::default() };
+        let mut callback_error: Option<PyErr> = None;
+        let result = detach(py, || {
+            let resolved = crate::data::readers::source::resolve(&paths, &spec, binary)?;
+            let mut on_progress = |pr: &Progress| -> crate::Result<()> {
+                Python::attach(|py| -> PyResult<()> {
+                    py.check_signals()?;
+                    if let Some(cb) = &progress {
+                        cb.call1(py, (pr.epoch, pr.samples_done, pr.samples_per_epoch))?;
+                    }
+                    Ok(())
+                })
+                .map_err(|e| {
+                    callback_error = Some(e);
+                    Error::Interrupted
+                })
+            };
+            let report = crate::train::stream::fit_files(
+                model,
+                &paths,
+                &resolved,
+                window,
+                cache.as_deref(),
+                collect_keys,
+                &options,
+                &mut on_progress,
+            )?;
+            let stats = match (&report.keys, spec.is_hashed()) {
+                (Some(keys), true) => Some(crate::data::readers::collision_stats(keys, spec.bits()?)),
+                _ => None,
+            };
+            Ok((report, resolved.n_features, stats))
+        });
+        if let Some(e) = callback_error {
+            return Err(e);
+        }
+        let (report, n_features, stats) = result?;
+        let d = pyo3::types::PyDict::new(py);
+        d.set_item("epoch_losses", report.epoch_losses)?;
+        d.set_item("samples", report.samples)?;
+        d.set_item("seconds", report.seconds)?;
+        d.set_item("waiting", report.waiting)?;
+        d.set_item("chunks", report.chunks)?;
+        d.set_item("n_features", n_features)?;
+        if let Some((keys, slots)) = stats {
+            d.set_item("distinct_keys", keys)?;
+            d.set_item("distinct_slots", slots)?;
+        }
+        Ok(d)
+    }
+
     /// Multiplies all optimizer state by `factor` in [0, 1].
     fn decay_optimizer_state(&self, py: Python<'_>, factor: f32) -> PyResult<()> {
         let model = &self.inner;

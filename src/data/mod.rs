@@ -2,6 +2,8 @@
 
 pub mod batches;
 pub mod csr;
+pub mod hashing;
+pub mod readers;
 pub mod svmlight;
 pub mod synthetic;
 

@@ -1,7 +1,8 @@
-//! svmlight / libsvm text: `label [qid:N] id:value ... [# comment]`, one row per line.
-//! This is the simple sequential reader; errors name the line (1-based) and the token.
+//! svmlight / libsvm documents in memory: `label [qid:N] id:value ... [# comment]` per line.
+//! The line parser lives in `readers::svmlight`; errors name the line (1-based) and the token.
 
 use super::csr::OwnedCsr;
+use super::readers::{parse_block, svmlight::SvmlightParser};
 use crate::error::Result;
 use crate::invalid;
 
@@ -19,93 +20,40 @@ pub struct SvmlightData {
     pub labels: Vec<f32>,
 }
 
-/// Parses a whole svmlight document. `n_features = None` takes the largest id + 1.
+/// Parses a whole svmlight document (in parallel). `n_features = None` takes the largest id + 1.
 pub fn parse_svmlight(text: &[u8], n_features: Option<usize>, base: IdBase) -> Result<SvmlightData> {
-    let mut indptr = vec![0i64];
-    let mut indices: Vec<i64> = Vec::new();
-    let mut values: Vec<f32> = Vec::new();
-    let mut labels = Vec::new();
-    let mut min_id = i64::MAX;
-    let mut max_id = -1i64;
-    let mut max_id_line = 0;
-
-    for (line_no, raw_line) in text.split(|&b| b == b'\n').enumerate() {
-        let line_no = line_no + 1;
-        let line = match raw_line.iter().position(|&b| b == b'#') {
-            Some(p) => &raw_line[..p],
-            None => raw_line,
-        };
-        let line = std::str::from_utf8(line).map_err(|_| invalid!("line {line_no}: not valid UTF-8 text"))?;
-        let mut tokens = line.split_ascii_whitespace();
-        let Some(label_token) = tokens.next() else { continue };
-        let label: f32 = label_token
-            .parse()
-            .ok()
-            .filter(|l: &f32| l.is_finite())
-            .ok_or_else(|| invalid!("line {line_no}: label '{label_token}' is not a finite number"))?;
-        for token in tokens {
-            let (key, value) = token
-                .split_once(':')
-                .ok_or_else(|| invalid!("line {line_no}: token '{token}' is not of the form id:value"))?;
-            if key == "qid" {
-                continue;
-            }
-            let id: i64 = key
-                .parse()
-                .map_err(|_| invalid!("line {line_no}: feature id '{key}' in '{token}' is not an integer"))?;
-            if id < 0 {
-                return Err(invalid!("line {line_no}: feature id {id} is negative"));
-            }
-            let v: f32 = value
-                .parse()
-                .ok()
-                .filter(|v: &f32| v.is_finite())
-                .ok_or_else(|| invalid!("line {line_no}: value '{value}' of feature {id} is not a finite number"))?;
-            min_id = min_id.min(id);
-            if id > max_id {
-                max_id = id;
-                max_id_line = line_no;
-            }
-            indices.push(id);
-            values.push(v);
-        }
-        labels.push(label);
-        indptr.push(indices.len() as i64);
-    }
-
+    // First the raw ids as written, then the base shift, which for `Auto` depends on them all.
+    let raw = parse_block(&SvmlightParser { shift: 0, n_features: None }, text, 1)?;
+    let min_id = raw.min_id.unwrap_or(i64::MAX);
+    let (max_id, max_id_line) = raw.max_id.unwrap_or((-1, 0));
     let one_based = match base {
         IdBase::Zero => false,
         IdBase::One => true,
         IdBase::Auto => min_id != 0,
     };
-    let written_max_id = max_id;
-    if one_based {
-        if min_id == 0 {
-            return Err(invalid!("feature id 0 found in a file read as one-based (use zero_based=True)"));
-        }
-        indices.iter_mut().for_each(|id| *id -= 1);
-        max_id -= 1;
+    let shift = one_based as i64;
+    if one_based && min_id == 0 {
+        return Err(invalid!("feature id 0 found in a file read as one-based (use zero_based=True)"));
     }
-    let needed = (max_id + 1).max(0) as usize;
+    let needed = (max_id + 1 - shift).max(0) as usize;
     let n_features = match n_features {
         Some(n) if n < needed => {
             let base = if one_based { "one-based" } else { "zero-based" };
-            return Err(invalid!(
-                "line {max_id_line}: feature id {written_max_id} ({base}) does not fit n_features={n}"
-            ));
+            return Err(invalid!("line {max_id_line}: feature id {max_id} ({base}) does not fit n_features={n}"));
         }
         Some(n) => n,
         None => needed.max(1),
     };
-    Ok(SvmlightData { matrix: OwnedCsr { indptr, indices, values, n_features }, labels })
+    let (mut matrix, labels, _) = raw.into_csr(n_features);
+    if shift != 0 {
+        matrix.indices.iter_mut().for_each(|id| *id -= shift);
+    }
+    Ok(SvmlightData { matrix, labels })
 }
 
 pub fn read_svmlight(path: &std::path::Path, n_features: Option<usize>, base: IdBase) -> Result<SvmlightData> {
     let bytes = std::fs::read(path).map_err(|e| crate::error::Error::Io(format!("{}: {e}", path.display())))?;
-    parse_svmlight(&bytes, n_features, base).map_err(|e| match e {
-        crate::error::Error::InvalidInput(m) => invalid!("{}: {m}", path.display()),
-        other => other,
-    })
+    parse_svmlight(&bytes, n_features, base).map_err(|e| super::readers::in_file(path, e))
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Running many batches: the epoch loop, threads, progress and stopping.
 
 pub mod shared;
+pub mod stream;
 pub mod trainer;
 
 pub use shared::SharedF32;
