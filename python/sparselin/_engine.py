@@ -117,7 +117,7 @@ def train(est, csr, targets, weights, epochs, *, evals=(), eval_every=None, earl
             report = est._model.fit(
                 csr.indptr, csr.indices, csr.values, n_features, targets, weights, 1, plan.batch_size,
                 int(est.threads), True, progress, target - state["batches_done"],
-                not first_segment[0] or state["batches_done"] > 0)
+                not first_segment[0] or state["batches_done"] > 0, est.parallel)
             first_segment[0] = False
             state["batches_done"] = target
             state["samples_seen"] += report["samples"]

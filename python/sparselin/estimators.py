@@ -71,6 +71,8 @@ class _SparseEstimator(BaseEstimator):
         positive_int("epochs", self.epochs)
         positive_int("threads", self.threads, minimum=0)
         positive_int("predict_threads", self.predict_threads, minimum=0)
+        if self.parallel not in ("hogwild", "columns"):
+            raise ValueError(f"parallel must be 'hogwild' or 'columns', got {self.parallel!r}")
 
     def _seed(self):
         rs = self.random_state
@@ -274,7 +276,7 @@ class _SparseEstimator(BaseEstimator):
             for epoch in range(epochs):
                 r = self._model.fit_files(data.paths, spec, binary, 1, int(self.batch_size), int(self.threads),
                                           data.window, data.cache, progress if bar is not None else None,
-                                          epoch == 0)
+                                          epoch == 0, self.parallel)
                 samples += r["samples"]
                 seconds += r["seconds"]
                 entry = {"samples": samples, "epoch": len(self.history_) + 1, "train_loss": r["epoch_losses"][-1],
@@ -334,7 +336,7 @@ class _SparseEstimator(BaseEstimator):
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.sparse = True
-        tags.non_deterministic = self.threads != 1
+        tags.non_deterministic = self.threads != 1 and self.parallel == "hogwild"
         return tags
 
 
@@ -403,13 +405,15 @@ class SparseLogisticRegression(_Classifier):
     _linear = True
 
     def __init__(self, n_features=None, optimizer="lazy_adam", learning_rate=0.01, batch_size=512, epochs=1,
-                 threads=1, normalize=True, l1=0.0, l2=0.0, random_state=None, verbose=0, predict_threads=0):
+                 threads=1, parallel="hogwild", normalize=True, l1=0.0, l2=0.0, random_state=None, verbose=0,
+                 predict_threads=0):
         self.n_features = n_features
         self.optimizer = optimizer
         self.learning_rate = learning_rate
         self.batch_size = batch_size
         self.epochs = epochs
         self.threads = threads
+        self.parallel = parallel
         self.normalize = normalize
         self.l1 = l1
         self.l2 = l2
@@ -423,8 +427,8 @@ class SparseMLPClassifier(_Classifier):
     dense layers ``hidden`` with ReLU -> one logit -> sigmoid."""
 
     def __init__(self, n_features=None, sparse_width=50, hidden=(64, 16), optimizer="lazy_adam", learning_rate=1e-3,
-                 batch_size=512, epochs=1, threads=1, normalize=True, l1=0.0, l2=0.0, random_state=None, verbose=0,
-                 predict_threads=0):
+                 batch_size=512, epochs=1, threads=1, parallel="hogwild", normalize=True, l1=0.0, l2=0.0,
+                 random_state=None, verbose=0, predict_threads=0):
         self.n_features = n_features
         self.sparse_width = sparse_width
         self.hidden = hidden
@@ -433,6 +437,7 @@ class SparseMLPClassifier(_Classifier):
         self.batch_size = batch_size
         self.epochs = epochs
         self.threads = threads
+        self.parallel = parallel
         self.normalize = normalize
         self.l1 = l1
         self.l2 = l2
@@ -447,8 +452,8 @@ class SparseMLPRegressor(RegressorMixin, _SparseEstimator):
     _task = "regression"
 
     def __init__(self, n_features=None, sparse_width=50, hidden=(64, 16), optimizer="lazy_adam", learning_rate=1e-3,
-                 batch_size=512, epochs=1, threads=1, normalize=True, l1=0.0, l2=0.0, random_state=None, verbose=0,
-                 predict_threads=0):
+                 batch_size=512, epochs=1, threads=1, parallel="hogwild", normalize=True, l1=0.0, l2=0.0,
+                 random_state=None, verbose=0, predict_threads=0):
         self.n_features = n_features
         self.sparse_width = sparse_width
         self.hidden = hidden
@@ -457,6 +462,7 @@ class SparseMLPRegressor(RegressorMixin, _SparseEstimator):
         self.batch_size = batch_size
         self.epochs = epochs
         self.threads = threads
+        self.parallel = parallel
         self.normalize = normalize
         self.l1 = l1
         self.l2 = l2

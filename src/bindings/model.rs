@@ -13,11 +13,19 @@ use crate::error::Error;
 use crate::model::{Batch, Head, Model, ModelConfig};
 use crate::optim::{OptimizerConfig, OptimizerKind};
 use crate::train::trainer::with_pool;
-use crate::train::{fit, FitOptions, Progress, TrainData};
+use crate::train::{fit, FitOptions, Parallel, Progress, TrainData};
 
 #[pyclass(module = "sparselin._core", name = "SparseModel")]
 pub struct PySparseModel {
     pub inner: Model,
+}
+
+fn parse_parallel(parallel: &str) -> PyResult<Parallel> {
+    match parallel {
+        "hogwild" => Ok(Parallel::Hogwild),
+        "columns" => Ok(Parallel::Columns),
+        other => Err(to_py(crate::invalid!("parallel must be 'hogwild' or 'columns', got '{other}'"))),
+    }
 }
 
 fn parse_task(task: &str) -> PyResult<Task> {
@@ -65,7 +73,7 @@ impl PySparseModel {
     /// Trains for `epochs` (or `max_batches`); returns a dict: epoch_losses, epochs_completed,
     /// batches, samples, seconds. `progress(epoch, samples_done, samples_per_epoch)` is called
     /// about every 0.2 s.
-    #[pyo3(signature = (indptr, indices, values, n_cols, targets, weights, epochs, batch_size, threads, shuffle, progress=None, max_batches=None, continue_epoch=false))]
+    #[pyo3(signature = (indptr, indices, values, n_cols, targets, weights, epochs, batch_size, threads, shuffle, progress=None, max_batches=None, continue_epoch=false, parallel="hogwild"))]
     #[allow(clippy::too_many_arguments)]
     fn fit<'py>(
         &self,
@@ -83,7 +91,9 @@ impl PySparseModel {
         progress: Option<Py<PyAny>>,
         max_batches: Option<usize>,
         continue_epoch: bool,
+        parallel: &str,
     ) -> PyResult<Bound<'py, pyo3::types::PyDict>> {
+        let parallel = parse_parallel(parallel)?;
         let indptr = IndexArray::new(indptr, "indptr")?;
         let indices = IndexArray::new(indices, "indices")?;
         let values = f32_slice(&values, "values")?;
@@ -97,6 +107,7 @@ impl PySparseModel {
             progress_every: Duration::from_millis(200),
             max_batches,
             continue_epoch,
+            parallel,
         };
         let model = &self.inner;
         let mut callback_error: Option<PyErr> = None;
@@ -134,7 +145,7 @@ impl PySparseModel {
     /// Trains on text files streamed in bounded memory (see `train::stream::fit_files`).
     /// Returns a dict: epoch_losses, samples, seconds, waiting, chunks, n_features, and
     /// distinct_keys / distinct_slots for hashed formats.
-    #[pyo3(signature = (paths, spec_json, binary, epochs, batch_size, threads, window, cache=None, progress=None, collect_keys=false))]
+    #[pyo3(signature = (paths, spec_json, binary, epochs, batch_size, threads, window, cache=None, progress=None, collect_keys=false, parallel="hogwild"))]
     #[allow(clippy::too_many_arguments)]
     fn fit_files<'py>(
         &self,
@@ -149,10 +160,11 @@ impl PySparseModel {
         cache: Option<std::path::PathBuf>,
         progress: Option<Py<PyAny>>,
         collect_keys: bool,
+        parallel: &str,
     ) -> PyResult<Bound<'py, pyo3::types::PyDict>> {
         let spec = super::data::reader_spec(spec_json)?;
         let model = &self.inner;
-        let options = FitOptions { epochs, batch_size, threads, ..Default::default() };
+        let options = FitOptions { epochs, batch_size, threads, parallel: parse_parallel(parallel)?, ..Default::default() };
         let mut callback_error: Option<PyErr> = None;
         let result = detach(py, || {
             let resolved = crate::data::readers::source::resolve(&paths, &spec, binary)?;

@@ -163,9 +163,29 @@ impl Model {
         if n == 0 {
             return Err(invalid!("empty batch"));
         }
-        let width = self.config.sparse_width;
         self.sparse.forward_train(batch.x, batch.rows, self.norm.as_ref(), ws);
+        let mean_loss = self.dense_and_loss(batch, ws)?;
+        let d_h = std::mem::take(&mut ws.d_pre[0]);
+        self.sparse.backward(&d_h, self.norm.is_some(), ws);
+        ws.d_pre[0] = d_h;
 
+        let finite = |v: &[f32]| v.iter().all(|x| x.is_finite());
+        if !(finite(&ws.grad_rows)
+            && finite(&ws.grad_feat_bias)
+            && finite(&ws.grad_sparse_bias)
+            && ws.grad_dense_w.iter().all(|g| finite(g))
+            && ws.grad_dense_b.iter().all(|g| finite(g)))
+        {
+            return Err(Error::Diverged("a gradient is not finite".into()));
+        }
+        Ok(mean_loss)
+    }
+
+    /// From the sparse layer output `ws.pre[0]` to the loss and back to its gradient
+    /// `ws.d_pre[0]`, with the dense layers' gradients. Returns the mean batch loss.
+    pub(crate) fn dense_and_loss<P: Idx, I: Idx>(&self, batch: &Batch<'_, '_, P, I>, ws: &mut Workspace) -> Result<f64> {
+        let n = batch.rows.len();
+        let width = self.config.sparse_width;
         // Dense forward on plain snapshots of the shared weights.
         for (l, layer) in self.dense.iter().enumerate() {
             layer.weight.values.copy_to(&mut ws.dense_w[l]);
@@ -217,25 +237,12 @@ impl Model {
             dense::relu_backward(&ws.pre[l], &mut d_in);
             ws.d_pre[l] = d_in;
         }
-        let d_h = std::mem::take(&mut ws.d_pre[0]);
-        self.sparse.backward(&d_h, self.norm.is_some(), ws);
-        ws.d_pre[0] = d_h;
-
-        let finite = |v: &[f32]| v.iter().all(|x| x.is_finite());
-        if !(finite(&ws.grad_rows)
-            && finite(&ws.grad_feat_bias)
-            && finite(&ws.grad_sparse_bias)
-            && ws.grad_dense_w.iter().all(|g| finite(g))
-            && ws.grad_dense_b.iter().all(|g| finite(g)))
-        {
-            return Err(Error::Diverged("a gradient is not finite".into()));
-        }
         Ok(mean_loss)
     }
 
     /// The parameter an undo-log key names: 0 sparse weight, 1 feature bias, 2 sparse bias,
     /// then weight and bias of each dense layer.
-    fn param_by_key(&self, key: u32) -> &Param {
+    pub(crate) fn param_by_key(&self, key: u32) -> &Param {
         match key {
             0 => &self.sparse.weight,
             1 => &self.norm.as_ref().expect("feature bias only exists when normalizing").feat_bias,
@@ -252,8 +259,15 @@ impl Model {
     }
 
     fn undo(&self, log: &crate::optim::UndoLog) {
-        if !log.is_empty() {
-            log.restore(|key| self.param_by_key(key));
+        self.undo_logs(&[log]);
+    }
+
+    /// Restores what the logs (one update, maybe split between threads) overwrote.
+    pub(crate) fn undo_logs(&self, logs: &[&crate::optim::UndoLog]) {
+        if logs.iter().any(|l| !l.is_empty()) {
+            for log in logs.iter().rev() {
+                log.restore(|key| self.param_by_key(key));
+            }
             self.step.fetch_sub(1, Relaxed);
         }
     }

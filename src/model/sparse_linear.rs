@@ -2,6 +2,8 @@
 //! computed as a gather-sum of W rows (embedding_lookup_sparse), never as a matmul. The backward
 //! pass produces gradients only for the rows present in the batch, summed per distinct id.
 
+use std::ops::Range;
+
 use crate::data::{CsrView, Idx};
 use crate::error::Result;
 use crate::features::Normalizer;
@@ -10,6 +12,10 @@ use crate::optim::{OptimizerKind, Param};
 use crate::rng::hash_to_unit;
 use crate::train::shared::load;
 use crate::train::SharedF32;
+
+/// Columns per block of the feature-bias gradient in column-partitioned training; threads own
+/// whole blocks.
+pub const COLUMN_BLOCK: usize = 8;
 
 pub struct SparseLinear {
     pub weight: Param,
@@ -35,9 +41,9 @@ impl SparseLinear {
         })
     }
 
-    /// Training forward over the batch rows: fills `ws.pre[0]` (B x width) and records, per
-    /// non-zero, its slot and its input y (normalized, max_abs updated in order) for backward.
-    /// Each distinct id's W row is loaded once into `ws.row_cache`.
+    /// Training forward over the batch rows: normalizes every non-zero in order (updating
+    /// max_abs), assigns each distinct id a slot, then gathers W rows into `ws.row_cache` and
+    /// sums them into `ws.pre[0]` (B x width).
     #[inline(never)] // a per-batch call: keeps profiles readable
     pub fn forward_train<P: Idx, I: Idx>(
         &self,
@@ -46,38 +52,35 @@ impl SparseLinear {
         norm: Option<&Normalizer>,
         ws: &mut Workspace,
     ) {
+        self.prepare(x, rows, norm, ws);
         let width = self.width;
-        let nnz: usize = rows.iter().map(|&r| x.row(r as usize).0.len()).sum();
-        ws.slots.reset(nnz);
-        ws.nnz_slot.clear();
-        ws.nnz_y.clear();
-        ws.row_end.clear();
-        ws.row_cache.clear();
-        let bias = &mut ws.sparse_bias;
-        zeroed(bias, width);
-        self.bias.values.copy_to(bias);
-        // The batch's ids in order, so the loop below can prefetch the normalization state and
-        // W row of the id PREFETCH_DISTANCE non-zeros ahead (random rows of a large table).
+        let (mut cache, mut h) = (std::mem::take(&mut ws.row_cache), std::mem::take(&mut ws.pre[0]));
+        self.gather(ws, 0..width, &mut cache, &mut h);
+        ws.row_cache = cache;
+        ws.pre[0] = h;
+    }
+
+    /// The first half of the forward pass: each non-zero's input y (normalized in batch order,
+    /// max_abs updated) and slot, with the id of every slot.
+    pub fn prepare<P: Idx, I: Idx>(&self, x: &CsrView<'_, P, I>, rows: &[u32], norm: Option<&Normalizer>, ws: &mut Workspace) {
+        // The batch's ids in order, so the loop below can prefetch the normalization state of
+        // the id PREFETCH_DISTANCE non-zeros ahead (random entries of large arrays).
         const PREFETCH_DISTANCE: usize = 12;
         ws.nnz_ids.clear();
         for &r in rows {
             ws.nnz_ids.extend(x.row(r as usize).0.iter().map(|id| id.as_usize() as u64));
         }
-        let h = &mut ws.pre[0];
-        zeroed(h, rows.len() * width);
+        ws.slots.reset(ws.nnz_ids.len());
+        ws.nnz_slot.clear();
+        ws.nnz_y.clear();
+        ws.row_end.clear();
         let mut k = 0;
-        for (b, &r) in rows.iter().enumerate() {
-            let h_row = &mut h[b * width..(b + 1) * width];
-            h_row.copy_from_slice(bias);
+        for &r in rows {
             let (ids, values) = x.row(r as usize);
             for (&id, &v) in ids.iter().zip(values) {
-                if let Some(&ahead) = ws.nnz_ids.get(k + PREFETCH_DISTANCE) {
-                    let ahead = ahead as usize;
-                    if let Some(n) = norm {
-                        n.max_abs.prefetch(ahead, 1);
-                        n.feat_bias.values.prefetch(ahead, 1);
-                    }
-                    self.weight.values.prefetch(ahead * width, width);
+                if let (Some(&ahead), Some(n)) = (ws.nnz_ids.get(k + PREFETCH_DISTANCE), norm) {
+                    n.max_abs.prefetch(ahead as usize, 1);
+                    n.feat_bias.values.prefetch(ahead as usize, 1);
                 }
                 k += 1;
                 let id = id.as_usize();
@@ -85,22 +88,91 @@ impl SparseLinear {
                     Some(n) => n.train_value(id, v),
                     None => v,
                 };
-                let (slot, new) = ws.slots.slot_of(id as u64);
-                let slot = slot as usize;
-                if new {
-                    let start = ws.row_cache.len();
-                    ws.row_cache.resize(start + width, 0.0);
-                    self.weight.values.load_into(id * width, &mut ws.row_cache[start..]);
-                }
-                let w_row = &ws.row_cache[slot * width..(slot + 1) * width];
-                for (hj, &w) in h_row.iter_mut().zip(w_row) {
-                    *hj += w * y;
-                }
-                ws.nnz_slot.push(slot as u32);
+                ws.nnz_slot.push(ws.slots.slot_of(id as u64).0);
                 ws.nnz_y.push(y);
             }
             ws.row_end.push(ws.nnz_y.len());
         }
+    }
+
+    /// The second half of the forward pass for columns `cols`: loads those columns of each
+    /// slot's W row once into `cache` (slots x cols) and writes `h` (B x cols) = bias + the
+    /// gather-sum. Rows a few slots ahead are prefetched.
+    pub fn gather(&self, ws: &Workspace, cols: Range<usize>, cache: &mut Vec<f32>, h: &mut Vec<f32>) {
+        const AHEAD: usize = 8;
+        let (width, cw) = (self.width, cols.len());
+        let ids = &ws.slots.ids;
+        cache.clear();
+        cache.resize(ids.len() * cw, 0.0);
+        for (s, &id) in ids.iter().enumerate() {
+            if let Some(&ahead) = ids.get(s + AHEAD) {
+                self.weight.values.prefetch(ahead as usize * width + cols.start, cw);
+            }
+            self.weight.values.load_into(id as usize * width + cols.start, &mut cache[s * cw..(s + 1) * cw]);
+        }
+        let n = ws.row_end.len();
+        h.clear();
+        h.resize(n * cw, 0.0);
+        let mut start = 0;
+        for (b, &end) in ws.row_end.iter().enumerate() {
+            let h_row = &mut h[b * cw..(b + 1) * cw];
+            self.bias.values.load_into(cols.start, h_row);
+            for k in start..end {
+                let slot = ws.nnz_slot[k] as usize;
+                let y = ws.nnz_y[k];
+                for (hj, &w) in h_row.iter_mut().zip(&cache[slot * cw..(slot + 1) * cw]) {
+                    *hj += w * y;
+                }
+            }
+            start = end;
+        }
+    }
+
+    /// Backward pass for columns `cols` only (column-partitioned training): `grad`
+    /// (slots x cols) gets dW; `fb_parts` (non-zeros x column blocks of `cols`) gets, per block
+    /// of COLUMN_BLOCK columns, that block's share of each non-zero's feature-bias gradient, so
+    /// that the full sum, added up block by block in a fixed order, does not depend on how
+    /// columns were split between threads; `bias_grad` gets the bias gradient of `cols`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_columns(
+        &self,
+        ws: &Workspace,
+        dh: &[f32],
+        cols: Range<usize>,
+        cache: &[f32],
+        grad: &mut Vec<f32>,
+        fb_parts: &mut Vec<f32>,
+        bias_acc: &mut Vec<f64>,
+        bias_grad: &mut Vec<f32>,
+    ) {
+        let (width, cw) = (self.width, cols.len());
+        let blocks = cw.div_ceil(COLUMN_BLOCK);
+        zeroed(grad, ws.slots.len() * cw);
+        fb_parts.clear();
+        fb_parts.resize(ws.nnz_y.len() * blocks, 0.0);
+        bias_acc.clear();
+        bias_acc.resize(cw, 0.0);
+        let mut start = 0;
+        for (b, &end) in ws.row_end.iter().enumerate() {
+            let dh_row = &dh[b * width + cols.start..b * width + cols.end];
+            for (acc, &d) in bias_acc.iter_mut().zip(dh_row) {
+                *acc += d as f64;
+            }
+            for k in start..end {
+                let slot = ws.nnz_slot[k] as usize;
+                let y = ws.nnz_y[k];
+                for (g, &d) in grad[slot * cw..(slot + 1) * cw].iter_mut().zip(dh_row) {
+                    *g += d * y;
+                }
+                let w_row = &cache[slot * cw..(slot + 1) * cw];
+                for (blk, (w_blk, d_blk)) in w_row.chunks(COLUMN_BLOCK).zip(dh_row.chunks(COLUMN_BLOCK)).enumerate() {
+                    fb_parts[k * blocks + blk] = w_blk.iter().zip(d_blk).map(|(&w, &d)| w * d).sum();
+                }
+            }
+            start = end;
+        }
+        bias_grad.clear();
+        bias_grad.extend(bias_acc.iter().map(|&s| s as f32));
     }
 
     /// Inference forward of one row into `h` (width).

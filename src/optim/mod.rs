@@ -146,6 +146,23 @@ impl Step {
     /// scattered and mostly not in cache. The old values go to `undo` (tagged `key`). Returns
     /// false, storing nothing more, as soon as an update would make a value non-finite.
     pub fn apply_rows(&self, param: &Param, key: u32, rows: &[u64], width: usize, grads: &[f32], undo: &mut UndoLog) -> bool {
+        self.apply_row_range(param, key, rows, width, 0, width, grads, undo)
+    }
+
+    /// Like `apply_rows`, on columns `[col_start, col_start + width)` of rows `stride` long
+    /// (column-partitioned training: each thread updates its own columns).
+    #[allow(clippy::too_many_arguments)]
+    pub fn apply_row_range(
+        &self,
+        param: &Param,
+        key: u32,
+        rows: &[u64],
+        stride: usize,
+        col_start: usize,
+        width: usize,
+        grads: &[f32],
+        undo: &mut UndoLog,
+    ) -> bool {
         const CHUNK: usize = 64;
         const AHEAD: usize = 6;
         debug_assert_eq!(rows.len() * width, grads.len());
@@ -156,13 +173,13 @@ impl Step {
         let n_slots = param.slots.len();
         for (k, &row) in rows.iter().enumerate() {
             if let Some(&ahead) = rows.get(k + AHEAD) {
-                let at = ahead as usize * width;
+                let at = ahead as usize * stride + col_start;
                 param.values.prefetch(at, width);
                 param.slots.iter().for_each(|s| s.prefetch(at, width));
             }
             let row_grads = &grads[k * width..(k + 1) * width];
             for (c, g) in row_grads.chunks(CHUNK).enumerate() {
-                let start = row as usize * width + c * CHUNK;
+                let start = row as usize * stride + col_start + c * CHUNK;
                 let n = g.len();
                 let (w, s0, s1) = (&mut w[..n], &mut s0[..n], &mut s1[..n]);
                 param.values.load_into(start, w);

@@ -1,8 +1,9 @@
 //! Running many batches: the epoch loop, threads, progress and stopping.
 
+pub mod columns;
 pub mod shared;
 pub mod stream;
 pub mod trainer;
 
 pub use shared::SharedF32;
-pub use trainer::{fit, FitOptions, FitReport, Progress, TrainData};
+pub use trainer::{fit, FitOptions, FitReport, Parallel, Progress, TrainData};

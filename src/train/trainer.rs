@@ -37,12 +37,25 @@ impl<'a, P: Idx, I: Idx> TrainData<'a, P, I> {
     }
 }
 
+/// How threads share the work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Parallel {
+    /// Each thread trains its own batches on the shared weights, lock-free.
+    #[default]
+    Hogwild,
+    /// All threads work on each batch, each owning a range of the sparse layer's columns:
+    /// bit-for-bit reproducible whatever the thread count.
+    Columns,
+}
+
 #[derive(Clone, Debug)]
 pub struct FitOptions {
     pub epochs: usize,
     pub batch_size: usize,
-    /// Worker threads; 0 = all cores. 1 is deterministic for a given seed.
+    /// Worker threads; 0 = all cores. 1 is deterministic for a given seed, and so is
+    /// `Parallel::Columns` with any count.
     pub threads: usize,
+    pub parallel: Parallel,
     pub shuffle: bool,
     /// How often the progress callback runs (it also runs at the end of each epoch).
     pub progress_every: Duration,
@@ -60,6 +73,7 @@ impl Default for FitOptions {
             epochs: 1,
             batch_size: 512,
             threads: 1,
+            parallel: Parallel::Hogwild,
             shuffle: true,
             progress_every: Duration::from_millis(200),
             max_batches: None,
@@ -177,7 +191,8 @@ pub fn fit<P: Idx, I: Idx>(
     let n_batches = n.div_ceil(options.batch_size);
     let start = Instant::now();
     let mut report = FitReport::default();
-    let pool = if threads > 1 {
+    let columns = options.parallel == Parallel::Columns;
+    let pool = if threads > 1 || columns {
         Some(
             rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)
@@ -213,6 +228,34 @@ pub fn fit<P: Idx, I: Idx>(
             move |done: u64| Progress { epoch: this_epoch, epochs: options.epochs, samples_done: done, samples_per_epoch: n as u64 };
         let mut last_report = Instant::now();
         match &pool {
+            Some(pool) if columns => {
+                let mut ws = model.workspace();
+                let mut parts = super::columns::split_columns(model.config.sparse_width, threads);
+                let mut loss_sum = 0.0;
+                while !state.stop.load(Relaxed) {
+                    let b = state.next_batch.fetch_add(1, Relaxed);
+                    if b >= end_batch {
+                        break;
+                    }
+                    let rows = &order[b * options.batch_size..((b + 1) * options.batch_size).min(order.len())];
+                    let batch = crate::model::Batch { x: &data.x, rows, targets: data.targets, weights: data.weights };
+                    match super::columns::train_batch_columns(model, &batch, &mut ws, &mut parts, pool) {
+                        Ok(loss) => loss_sum += loss * rows.len() as f64,
+                        Err(e) => {
+                            state.fail(e);
+                            break;
+                        }
+                    }
+                    state.samples_done.fetch_add(rows.len() as u64, Relaxed);
+                    if last_report.elapsed() >= options.progress_every {
+                        last_report = Instant::now();
+                        if let Err(e) = on_progress(&progress(state.samples_done.load(Relaxed))) {
+                            state.fail(e);
+                        }
+                    }
+                }
+                *state.loss_sum.lock().unwrap_or_else(|p| p.into_inner()) += loss_sum;
+            }
             None => {
                 let mut tick = || {
                     if last_report.elapsed() >= options.progress_every {
@@ -298,6 +341,24 @@ mod tests {
             seed: 4,
         })
         .unwrap()
+    }
+
+    #[test]
+    fn columns_mode_is_bit_identical_for_any_thread_count() {
+        let day = make_ctr(&CtrSpec { n_rows: 2000, n_features: 1 << 12, seed: 2, ..Default::default() }).unwrap().remove(0);
+        let x = day.matrix.view().unwrap();
+        let mut results = Vec::new();
+        for threads in [1, 2, 3, 7] {
+            let m = Model::new(ModelConfig { sparse_width: 50, ..model().config.clone() }).unwrap();
+            let data = TrainData::new(x, &day.labels, None, &m).unwrap();
+            let options = FitOptions { epochs: 2, batch_size: 128, threads, parallel: Parallel::Columns, ..Default::default() };
+            let r = fit(&m, &data, &options, &mut |_| Ok(())).unwrap();
+            assert!(r.epoch_losses[1] < r.epoch_losses[0]);
+            results.push(m.tensors().iter().map(|(_, _, t)| t.to_vec()).collect::<Vec<_>>());
+        }
+        for other in &results[1..] {
+            assert!(other == &results[0]);
+        }
     }
 
     #[test]
