@@ -216,6 +216,10 @@ def build_parser():
     t.add_argument("--plot", metavar="PNG", help="draw learning curves (needs matplotlib)")
     t.set_defaults(func=cmd_train)
 
+    b = sub.add_parser("bench", help="the talk's table: samples/s of sparselin, the dense baseline and peers",
+                       add_help=False)
+    b.set_defaults(func=None)
+
     p = sub.add_parser("predict", help="write one prediction per row of an svmlight file")
     p.add_argument("model", help="a model saved with save() or --save, or a checkpoint")
     p.add_argument("data", help="data file (any format; see train --format)")
@@ -234,6 +238,10 @@ def build_parser():
 
 
 def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        from .bench import main as bench_main
+        return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -215,9 +215,15 @@ pub struct UndoLog {
     entries: Vec<(u32, usize, usize)>,
     /// For each entry: the old values, then the old values of each slot.
     values: Vec<f32>,
+    /// A log that records nothing (the dense baseline, whose updates touch every row).
+    disabled: bool,
 }
 
 impl UndoLog {
+    pub fn disabled() -> Self {
+        Self { disabled: true, ..Default::default() }
+    }
+
     pub fn clear(&mut self) {
         self.entries.clear();
         self.values.clear();
@@ -229,6 +235,9 @@ impl UndoLog {
 
     #[inline]
     fn record<'a>(&mut self, key: u32, start: usize, parts: impl Iterator<Item = &'a [f32]>) {
+        if self.disabled {
+            return;
+        }
         let mut len = 0;
         for part in parts {
             len = part.len();

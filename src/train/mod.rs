@@ -1,5 +1,6 @@
 //! Running many batches: the epoch loop, threads, progress and stopping.
 
+pub mod baseline;
 pub mod columns;
 pub mod shared;
 pub mod stream;

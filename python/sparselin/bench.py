@@ -1,0 +1,301 @@
+"""``sparselin bench``: the talk's table on this machine, with peers measured in the same run on
+the same data (make_ctr, Twitter-like), the same threads and the same batch sizes.
+
+Each cell is the median samples/s over ``--repeats`` epochs from a fresh model (training time
+of the epoch, data in memory) with the test logloss / AUC of the last run beside it. Rows:
+sparselin optimized (Hogwild; column-partitioned on several threads), the talk's dense baseline
+(sparse x dense matmul forward, dense gradient, dense optimizer step over the whole table: our
+own kernel, run on fewer rows since it is slow), and, when installed, PyTorch
+(``EmbeddingBag(sparse=True)`` + ``SparseAdam``), scikit-learn ``SGDClassifier`` and Vowpal
+Wabbit. Peers get per-feature max-abs scaled values (fitted on the training rows, not timed):
+the same scale sparselin's online normalization reaches. Ends with a memory roofline line.
+
+    sparselin bench [--rows 200000] [--repeats 3] [--batch-sizes 256,512,1024] [--md FILE] [--png FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from . import metrics
+from .datasets import make_ctr
+from .estimators import SparseLogisticRegression, SparseMLPClassifier
+
+N_FEATURES = 2**20
+
+
+def _quality(y, p):
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-7, 1 - 1e-7)
+    return metrics.logloss(y, p), metrics.roc_auc(y, p)
+
+
+class Data:
+    def __init__(self, rows, test_rows, seed=0):
+        X, y = make_ctr(rows + test_rows, n_features=N_FEATURES, random_state=seed)
+        self.X, self.y = X[:rows], y[:rows]
+        self.Xt, self.yt = X[rows:], y[rows:]
+        scale = np.zeros(N_FEATURES, np.float32)
+        np.maximum.at(scale, self.X.indices, np.abs(self.X.data))
+        scale[scale == 0] = 1.0
+        self.scale = scale
+
+    def scaled(self, X):
+        Xs = X.copy()
+        Xs.data = Xs.data / self.scale[Xs.indices]
+        return Xs
+
+
+def bench_sparselin(data, model, batch, threads, parallel, optimizer, repeats):
+    rates = []
+    for _ in range(repeats):
+        kw = dict(n_features=N_FEATURES, batch_size=batch, threads=threads, parallel=parallel, optimizer=optimizer,
+                  random_state=0)
+        if optimizer == "sgd":
+            kw["learning_rate"] = 0.5 if model == "LR" else 0.05
+        clf = (SparseLogisticRegression if model == "LR" else SparseMLPClassifier)(**kw)
+        clf.fit(data.X, data.y)
+        rates.append(data.X.shape[0] / clf.history_[-1]["seconds"])
+    return statistics.median(rates), _quality(data.yt, clf.predict_proba(data.Xt)[:, 1])
+
+
+def bench_baseline(data, model, batch, threads, rows):
+    from . import _core
+    X, y = data.X[:rows], data.y[:rows]
+    clf = (SparseLogisticRegression if model == "LR" else SparseMLPClassifier)(n_features=N_FEATURES, random_state=0)
+    clf._check_hyperparameters()
+    clf._model = clf._new_model(N_FEATURES)
+    _, seconds = clf._model.fit_dense_baseline(X.indptr, X.indices, X.data, N_FEATURES, y, batch, threads)
+    clf.classes_ = np.array([0.0, 1.0], dtype=np.float32)
+    clf.n_features_in_ = N_FEATURES
+    return rows / seconds, _quality(data.yt, clf.predict_proba(data.Xt)[:, 1])
+
+
+def bench_torch(data, model, batch, threads, repeats):
+    import torch
+    torch.set_num_threads(threads)
+    Xs, Xts = data.scaled(data.X), data.scaled(data.Xt)
+
+    def make():
+        torch.manual_seed(0)
+        width = 1 if model == "LR" else 50
+        bag = torch.nn.EmbeddingBag(N_FEATURES, width, mode="sum", sparse=True)
+        if model == "LR":
+            torch.nn.init.zeros_(bag.weight)
+            head = torch.nn.Linear(1, 1)
+            torch.nn.init.ones_(head.weight)
+            head.weight.requires_grad_(False)
+        else:
+            torch.nn.init.uniform_(bag.weight, -1 / np.sqrt(width), 1 / np.sqrt(width))
+            head = torch.nn.Sequential(torch.nn.ReLU(), torch.nn.Linear(50, 64), torch.nn.ReLU(), torch.nn.Linear(64, 16),
+                                       torch.nn.ReLU(), torch.nn.Linear(16, 1))
+        lr = 0.01 if model == "LR" else 1e-3
+        opts = [torch.optim.SparseAdam(list(bag.parameters()), lr=lr),
+                torch.optim.Adam([p for p in head.parameters() if p.requires_grad], lr=lr)]
+        return bag, head, opts
+
+    def batches(X, order):
+        for s in range(0, X.shape[0], batch):
+            rows = order[s:s + batch]
+            sub = X[rows]
+            yield (torch.from_numpy(sub.indices.astype(np.int64)), torch.from_numpy(sub.indptr[:-1].astype(np.int64)),
+                   torch.from_numpy(sub.data.astype(np.float32)), rows)
+
+    rates = []
+    for r in range(repeats):
+        bag, head, opts = make()
+        order = np.random.default_rng(r).permutation(Xs.shape[0])
+        y = torch.from_numpy(data.y.astype(np.float32))
+        loss_fn = torch.nn.BCEWithLogitsLoss()
+        t = time.perf_counter()
+        for idx, off, w, rows in batches(Xs, order):
+            z = head(bag(idx, off, per_sample_weights=w)).squeeze(1)
+            loss = loss_fn(z, y[rows])
+            for o in opts:
+                o.zero_grad()
+            loss.backward()
+            for o in opts:
+                o.step()
+        rates.append(Xs.shape[0] / (time.perf_counter() - t))
+    with torch.no_grad():
+        preds = []
+        for idx, off, w, _ in batches(Xts, np.arange(Xts.shape[0])):
+            preds.append(torch.sigmoid(head(bag(idx, off, per_sample_weights=w)).squeeze(1)).numpy())
+    return statistics.median(rates), _quality(data.yt, np.concatenate(preds))
+
+
+def bench_sklearn(data, repeats):
+    import warnings
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import SGDClassifier
+    Xs, Xts = data.scaled(data.X), data.scaled(data.Xt)
+    rates = []
+    for r in range(repeats):
+        clf = SGDClassifier(loss="log_loss", max_iter=1, tol=None, random_state=r, alpha=1e-6)
+        t = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            clf.fit(Xs, data.y)
+        rates.append(Xs.shape[0] / (time.perf_counter() - t))
+    return statistics.median(rates), _quality(data.yt, clf.predict_proba(Xts)[:, 1])
+
+
+def bench_vw(data, repeats):
+    from vowpalwabbit import Workspace
+    Xs, Xts = data.scaled(data.X), data.scaled(data.Xt)
+    with tempfile.TemporaryDirectory() as d:
+        def write(path, X, y):
+            with open(path, "w") as f:
+                for r in range(X.shape[0]):
+                    s, e = X.indptr[r], X.indptr[r + 1]
+                    f.write(f"{1 if y[r] > 0 else -1} |f " + " ".join(f"{i}:{v:.6g}" for i, v in
+                                                                       zip(X.indices[s:e], X.data[s:e])) + "\n")
+        train, test = os.path.join(d, "train.vw"), os.path.join(d, "test.vw")
+        write(train, Xs, data.y)
+        write(test, Xts, data.yt)
+        rates = {}
+        model = os.path.join(d, "m.vw")
+        for source, args in (("text", f"-d {train}"), ("cache", f"-d {train} -c --cache_file {d}/c.cache")):
+            if source == "cache":  # build the cache once, then time a run that reads it
+                Workspace(f"{args} --loss_function logistic -b 20 --quiet").finish()
+            runs = []
+            for _ in range(repeats):
+                t = time.perf_counter()
+                Workspace(f"{args} --loss_function logistic -b 20 --quiet -f {model}").finish()
+                runs.append(Xs.shape[0] / (time.perf_counter() - t))
+            rates[source] = statistics.median(runs)
+        preds = os.path.join(d, "p.txt")
+        Workspace(f"-t -i {model} -d {test} -p {preds} --quiet").finish()
+        z = np.loadtxt(preds)
+        p = 1 / (1 + np.exp(-z))
+    return rates, _quality(data.yt, p)
+
+
+def memory_bandwidth():
+    a = np.ones(2**26, np.float32)  # 256 MiB
+    b = np.empty_like(a)
+    best = 0.0
+    for _ in range(3):
+        t = time.perf_counter()
+        np.copyto(b, a)
+        best = max(best, 2 * a.nbytes / (time.perf_counter() - t))
+    return best
+
+
+def roofline(data, batch, rate, threads):
+    """Bytes of weights and optimizer state the reference MLP touches per sample (Lazy Adam: W,
+    m, v of each distinct row of a batch, read and written; max_abs, feature bias and its m, v
+    of each non-zero), over the measured memory bandwidth."""
+    X = data.X[:20 * batch]
+    unique = np.mean([np.unique(X[s:s + batch].indices).size for s in range(0, X.shape[0], batch)]) / batch
+    nnz = X.nnz / X.shape[0]
+    per_sample = unique * 50 * 4 * 3 * 2 + nnz * 4 * 5
+    bw = memory_bandwidth()
+    bound = bw / per_sample
+    return (f"roofline (MLP, batch {batch}, {threads} thread(s)): {per_sample / 1024:.1f} KiB of weights and optimizer "
+            f"state per sample ({unique:.1f} distinct rows x 50 x W/m/v, read+write; {nnz:.0f} non-zeros x "
+            f"normalization state) at {bw / 1e9:.1f} GB/s copy bandwidth = {bound:,.0f} samples/s; measured "
+            f"{rate:,.0f} = {100 * rate / bound:.0f}% of it")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="sparselin bench", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rows", type=int, default=200_000)
+    ap.add_argument("--test-rows", type=int, default=50_000)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--batch-sizes", default="256,512,1024")
+    ap.add_argument("--threads", type=int, default=0, help="the 'all threads' column (0 = all cores)")
+    ap.add_argument("--baseline-rows", type=int, default=8192, help="rows for the slow dense baseline")
+    ap.add_argument("--no-peers", action="store_true")
+    ap.add_argument("--md", help="also write the markdown table here")
+    ap.add_argument("--png", help="bar chart of samples/s at batch 512 (needs matplotlib)")
+    args = ap.parse_args(argv)
+    all_threads = args.threads or os.cpu_count() or 1
+    thread_list = sorted({1, all_threads})
+    batches = [int(b) for b in args.batch_sizes.split(",")]
+    data = Data(args.rows, args.test_rows)
+    lines = [f"make_ctr: {args.rows:,} train / {args.test_rows:,} test rows, 2^20 features, "
+             f"{data.X.nnz / data.X.shape[0]:.0f} non-zeros/row; {platform.machine()} {os.cpu_count()} cores; "
+             f"{time.strftime('%Y-%m-%d')}; median of {args.repeats}",
+             "",
+             "| system | model | optimizer | threads | " + " | ".join(f"batch {b}" for b in batches) + " |",
+             "|---|---|---|---|" + "---|" * len(batches)]
+    chart = {}
+
+    def row(system, model, opt, threads, cells):
+        text = " | ".join(f"{r:,.0f} ({ll:.4f} / {auc:.4f})" for r, (ll, auc) in cells)
+        lines.append(f"| {system} | {model} | {opt} | {threads} | {text} |")
+        print(lines[-1], flush=True)
+        if 512 in batches:
+            chart[f"{system} {model} {opt} {threads}t"] = cells[batches.index(512)][0]
+
+    print("\n".join(lines), flush=True)
+    for model in ("LR", "MLP"):
+        for threads in thread_list:
+            for parallel in (("hogwild", "columns") if threads > 1 else ("hogwild",)):
+                name = "sparselin" if parallel == "hogwild" else "sparselin (columns)"
+                row(name, model, "lazy_adam", threads,
+                    [bench_sparselin(data, model, b, threads, parallel, "lazy_adam", args.repeats) for b in batches])
+        if model == "LR":
+            for threads in thread_list:
+                row("sparselin", "LR", "sgd", threads,
+                    [bench_sparselin(data, "LR", b, threads, "hogwild", "sgd", args.repeats) for b in batches])
+        for threads in thread_list:
+            row(f"dense baseline ({args.baseline_rows:,} rows)", model, "adam", threads,
+                [bench_baseline(data, model, b, threads, args.baseline_rows) for b in batches])
+        if not args.no_peers:
+            try:
+                for threads in thread_list:
+                    row("PyTorch EmbeddingBag+SparseAdam", model, "sparse_adam", threads,
+                        [bench_torch(data, model, b, threads, args.repeats) for b in batches])
+            except ImportError:
+                lines.append(f"| PyTorch | {model} | not installed |")
+    if not args.no_peers:
+        try:
+            rate, q = bench_sklearn(data, args.repeats)
+            lines.append(f"| scikit-learn SGDClassifier (per-sample SGD) | LR | sgd | 1 | {rate:,.0f} ({q[0]:.4f} / {q[1]:.4f}) |")
+            print(lines[-1], flush=True)
+            chart["scikit-learn SGD LR 1t"] = rate
+        except ImportError:
+            lines.append("| scikit-learn | not installed |")
+        try:
+            rates, q = bench_vw(data, args.repeats)
+            for source, rate in rates.items():
+                lines.append(f"| Vowpal Wabbit ({source}) | LR | sgd | 1 | {rate:,.0f} ({q[0]:.4f} / {q[1]:.4f}) |")
+                print(lines[-1], flush=True)
+                chart[f"VW {source} LR 1t"] = rate
+        except ImportError:
+            lines.append("| Vowpal Wabbit | not installed |")
+    mlp512 = chart.get("sparselin MLP lazy_adam 1t")
+    if mlp512:
+        lines += ["", roofline(data, 512, mlp512, 1)]
+        print(lines[-1])
+    lines += ["", "Cells: samples/s (test logloss / test AUC). Training time of one epoch, data in memory."]
+    if args.md:
+        with open(args.md, "w") as f:
+            f.write("\n".join(lines) + "\n")
+    if args.png and chart:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        names = list(chart)
+        fig, ax = plt.subplots(figsize=(9, 0.35 * len(names) + 1.5))
+        ax.barh(names, [chart[n] for n in names], color=["C0" if n.startswith("sparselin") else "C7" for n in names])
+        ax.set_xscale("log")
+        ax.set_xlabel("training samples/s at batch 512 (log scale)")
+        ax.invert_yaxis()
+        fig.tight_layout()
+        fig.savefig(args.png, dpi=110)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

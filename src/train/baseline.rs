@@ -1,0 +1,63 @@
+//! The talk's baseline, for `sparselin bench`: the sparse layer's gradient materialized as a
+//! dense [n_features x width] matrix and a dense (not lazy) optimizer step over every row of the
+//! table, as `tf.sparse_tensor_dense_matmul` + a dense optimizer do. Same forward math as the
+//! optimized path; only the update differs. Never used for real training.
+
+use rayon::prelude::*;
+
+use super::trainer::{resolve_threads, TrainData};
+use crate::data::{epoch_order, Idx};
+use crate::error::{Error, Result};
+use crate::model::{Batch, Model};
+use crate::optim::UndoLog;
+
+/// One epoch with dense gradients and dense optimizer steps; returns (mean loss, seconds).
+pub fn fit_dense_baseline<P: Idx, I: Idx>(model: &Model, data: &TrainData<'_, P, I>, batch_size: usize, threads: usize) -> Result<(f64, f64)> {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(resolve_threads(threads))
+        .build()
+        .map_err(|e| Error::Io(format!("cannot start worker threads: {e}")))?;
+    let start = std::time::Instant::now();
+    let n_features = model.config.n_features;
+    let width = model.config.sparse_width;
+    let mut dense_w = vec![0.0f32; n_features * width];
+    let mut dense_fb = vec![0.0f32; if model.norm.is_some() { n_features } else { 0 }];
+    let mut ws = model.workspace();
+    let order = epoch_order(data.x.n_rows(), model.config.seed, model.epochs_done.fetch_add(1, std::sync::atomic::Ordering::Relaxed), true);
+    let mut loss_sum = 0.0;
+    for rows in order.chunks(batch_size.max(1)) {
+        let batch = Batch { x: &data.x, rows, targets: data.targets, weights: data.weights };
+        loss_sum += model.compute_gradients(&batch, &mut ws)? * rows.len() as f64;
+        pool.install(|| {
+            dense_w.par_chunks_mut(1 << 16).for_each(|c| c.fill(0.0));
+            dense_fb.par_chunks_mut(1 << 16).for_each(|c| c.fill(0.0));
+        });
+        for (slot, &id) in ws.slots.ids.iter().enumerate() {
+            let id = id as usize;
+            dense_w[id * width..(id + 1) * width].copy_from_slice(&ws.grad_rows[slot * width..(slot + 1) * width]);
+            if let Some(g) = dense_fb.get_mut(id) {
+                *g = ws.grad_feat_bias[slot];
+            }
+        }
+        let t = model.step.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let step = model.config.optimizer.step(t);
+        const ROWS: usize = 4096;
+        pool.install(|| {
+            dense_w.par_chunks(ROWS * width).enumerate().for_each(|(c, g)| {
+                step.apply_row_range(&model.sparse.weight, 0, &[0], 0, c * ROWS * width, g.len(), g, &mut UndoLog::disabled());
+            });
+            if let Some(norm) = &model.norm {
+                dense_fb.par_chunks(ROWS).enumerate().for_each(|(c, g)| {
+                    step.apply_row_range(&norm.feat_bias, 1, &[0], 0, c * ROWS, g.len(), g, &mut UndoLog::disabled());
+                });
+            }
+        });
+        let mut log = UndoLog::disabled();
+        step.apply_rows(&model.sparse.bias, 2, &[0], width, &ws.grad_sparse_bias, &mut log);
+        for (l, layer) in model.dense.iter().enumerate() {
+            step.apply_rows(&layer.weight, 3 + 2 * l as u32, &[0], layer.n_in * layer.n_out, &ws.grad_dense_w[l], &mut log);
+            step.apply_rows(&layer.bias, 4 + 2 * l as u32, &[0], layer.n_out, &ws.grad_dense_b[l], &mut log);
+        }
+    }
+    Ok((loss_sum / order.len().max(1) as f64, start.elapsed().as_secs_f64()))
+}
