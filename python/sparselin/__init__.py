@@ -12,6 +12,7 @@ from .estimators import (
     SparseMLPRegressor,
     load,
 )
+from .discretizers import HashingDiscretizer, IsotonicCalibrator, PercentileDiscretizer, load_discretizer
 from .io import load_svmlight
 from .plotting import plot_history
 from .predictor import Predictor
@@ -22,6 +23,10 @@ __all__ = [
     "SparseMLPRegressor",
     "load",
     "load_svmlight",
+    "PercentileDiscretizer",
+    "HashingDiscretizer",
+    "IsotonicCalibrator",
+    "load_discretizer",
     "Predictor",
     "plot_history",
     "datasets",
