@@ -126,7 +126,7 @@ impl PyDiscretizer {
     #[getter]
     fn splits<'py>(&self, py: Python<'py>) -> (Bound<'py, PyArray1<f32>>, Bound<'py, PyArray1<u64>>) {
         let (s, o) = self.inner.splits();
-        (s.to_vec().into_pyarray(py), o.iter().map(|&x| x as u64).collect::<Vec<_>>().into_pyarray(py))
+        (s.into_pyarray(py), o.into_iter().map(|x| x as u64).collect::<Vec<_>>().into_pyarray(py))
     }
 
     fn save(&self, py: Python<'_>, path: std::path::PathBuf, extra: &str) -> PyResult<()> {

@@ -361,37 +361,39 @@ impl Calibrator {
     }
 }
 
-/// Feature id -> calibrated rank.
+/// Feature id -> offset of the feature's record in `Discretizer::packed`.
 #[derive(Clone, Debug)]
 enum Lookup {
-    /// `table[id]`, `u32::MAX` for an uncalibrated id: when the largest id is small.
+    /// `table[id]`, `NONE` for an uncalibrated id: when the largest id is small.
     Dense(Vec<u32>),
     Map(IdMap<u32>),
 }
+
+const NONE: u32 = u32::MAX;
 
 /// Below this many ids a dense table (4 bytes an id) is used: one load per entry instead of a
 /// hash probe.
 const DENSE_LOOKUP_LIMIT: i64 = 1 << 24;
 
 impl Lookup {
-    fn new(ids: &[i64]) -> Self {
+    fn new(ids: &[i64], offsets: &[u32]) -> Self {
         match ids.last() {
             Some(&max) if max < DENSE_LOOKUP_LIMIT => {
-                let mut table = vec![u32::MAX; max as usize + 1];
-                for (k, &id) in ids.iter().enumerate() {
-                    table[id as usize] = k as u32;
+                let mut table = vec![NONE; max as usize + 1];
+                for (&id, &off) in ids.iter().zip(offsets) {
+                    table[id as usize] = off;
                 }
                 Lookup::Dense(table)
             }
-            _ => Lookup::Map(ids.iter().enumerate().map(|(k, &id)| (id, k as u32)).collect()),
+            _ => Lookup::Map(ids.iter().copied().zip(offsets.iter().copied()).collect()),
         }
     }
 
     #[inline(always)]
-    fn rank(&self, id: i64) -> Option<usize> {
+    fn find(&self, id: i64) -> Option<usize> {
         match self {
-            Lookup::Dense(t) => t.get(id as usize).copied().filter(|&k| k != u32::MAX).map(|k| k as usize),
-            Lookup::Map(m) => m.get(&id).map(|&k| k as usize),
+            Lookup::Dense(t) => t.get(id as usize).copied().filter(|&o| o != NONE).map(|o| o as usize),
+            Lookup::Map(m) => m.get(&id).map(|&o| o as usize),
         }
     }
 }
@@ -405,8 +407,10 @@ pub struct Discretizer {
     feature_ids: Vec<i64>,
     /// `n_bins + 1` per feature, row-major: what calibration found, kept for saving/inspection.
     quantiles: Vec<f32>,
-    splits: Vec<f32>,
-    split_offsets: Vec<usize>,
+    /// One record per calibrated feature: `[rank, m, s_1 .. s_m]` (the split points as f32
+    /// bits). Keeping the rank, the count and the splits together makes a transform entry cost
+    /// two dependent loads (lookup, record) on features too many to stay in cache.
+    packed: Vec<u32>,
     lookup: Lookup,
 }
 
@@ -448,9 +452,9 @@ impl Discretizer {
                 n as u128 * n_bins as u128
             ));
         }
-        let mut splits = Vec::new();
-        let mut split_offsets = Vec::with_capacity(n + 1);
-        split_offsets.push(0);
+        let mut packed = Vec::new();
+        let mut offsets = Vec::with_capacity(n);
+        let mut splits = Vec::with_capacity(n_bins);
         for (k, q) in quantiles.chunks_exact(n_bins + 1).enumerate() {
             if let Some(bad) = q.iter().find(|v| !v.is_finite()) {
                 return Err(invalid!("quantile {bad} of feature {} is not finite", feature_ids[k]));
@@ -458,11 +462,18 @@ impl Discretizer {
             if q.windows(2).any(|p| p[1] < p[0]) {
                 return Err(invalid!("the quantiles of feature {} are not ascending", feature_ids[k]));
             }
+            splits.clear();
             split_points(q, &mut splits);
-            split_offsets.push(splits.len());
+            if packed.len() + 2 + splits.len() >= NONE as usize {
+                return Err(invalid!("too many calibrated features x bins ({n} x {n_bins}) for one discretizer"));
+            }
+            offsets.push(packed.len() as u32);
+            packed.push(k as u32);
+            packed.push(splits.len() as u32);
+            packed.extend(splits.iter().map(|s| s.to_bits()));
         }
-        let lookup = Lookup::new(&feature_ids);
-        Ok(Self { kind, n_bins, out_bits, feature_ids, quantiles, splits, split_offsets, lookup })
+        let lookup = Lookup::new(&feature_ids, &offsets);
+        Ok(Self { kind, n_bins, out_bits, feature_ids, quantiles, packed, lookup })
     }
 
     pub fn kind(&self) -> Kind {
@@ -484,9 +495,18 @@ impl Discretizer {
     pub fn quantiles(&self) -> &[f32] {
         &self.quantiles
     }
-    /// Split points of all features, concatenated, and the offsets of each feature's run.
-    pub fn splits(&self) -> (&[f32], &[usize]) {
-        (&self.splits, &self.split_offsets)
+    /// Split points of all features, concatenated, and the offsets of each feature's run
+    /// (`n + 1` of them).
+    pub fn splits(&self) -> (Vec<f32>, Vec<usize>) {
+        let (mut splits, mut offsets) = (Vec::new(), vec![0]);
+        let mut pos = 0;
+        while pos < self.packed.len() {
+            let m = self.packed[pos + 1] as usize;
+            splits.extend(self.packed[pos + 2..pos + 2 + m].iter().map(|&b| f32::from_bits(b)));
+            offsets.push(splits.len());
+            pos += 2 + m;
+        }
+        (splits, offsets)
     }
 
     /// First id of the pass-through range (`Kind::Percentile`).
@@ -499,12 +519,13 @@ impl Discretizer {
     #[inline(always)]
     pub fn map(&self, id: i64, v: f32) -> Option<(i64, f32)> {
         let mask = self.n_outputs() - 1;
-        match self.lookup.rank(id) {
-            Some(k) => {
-                let s = &self.splits[self.split_offsets[k]..self.split_offsets[k + 1]];
-                let bin = s.partition_point(|&x| x <= v) as u64;
+        match self.lookup.find(id) {
+            Some(off) => {
+                let k = self.packed[off] as u64;
+                let m = self.packed[off + 1] as usize;
+                let bin = self.packed[off + 2..off + 2 + m].partition_point(|&x| f32::from_bits(x) <= v) as u64;
                 let out = match self.kind {
-                    Kind::Percentile => k as u64 * self.n_bins as u64 + bin,
+                    Kind::Percentile => k * self.n_bins as u64 + bin,
                     Kind::Hashing => hashed_bin_id(id, bin) & mask,
                 };
                 Some((out as i64, 1.0))
@@ -765,7 +786,7 @@ mod tests {
         cal.update(&column(&v, 7).view().unwrap(), None).unwrap();
         let d = cal.finish(Kind::Percentile, 10).unwrap();
         assert_eq!(d.feature_ids(), &[7]);
-        assert_eq!(d.splits().0, &[3.0, 5.0, 8.0]);
+        assert_eq!(d.splits().0, vec![3.0, 5.0, 8.0]);
         let x = csr(&[&[(7, -100.0), (7, 2.9), (7, 3.0), (7, 7.99), (7, 8.0), (7, 1e9)], &[], &[(3, 2.5), (7, 5.0), (3, 2.5)]]);
         let out = d.transform(&x.view().unwrap()).unwrap();
         assert_eq!(out.indptr, vec![0, 6, 6, 9]);
@@ -816,7 +837,7 @@ mod tests {
         let mut cal = Calibrator::new(3, None, 0).unwrap();
         cal.update(&column(&[4.0; 5], 1).view().unwrap(), None).unwrap();
         let d = cal.finish(Kind::Percentile, 4).unwrap();
-        assert_eq!(d.splits().1, &[0, 0]); // one distinct value: one bin
+        assert_eq!(d.splits().1, vec![0, 0]); // one distinct value: one bin
         assert_eq!(d.map(1, -3.0), Some((0, 1.0)));
         assert_eq!(d.map(1, 99.0), Some((0, 1.0)));
         // all ids taken by bins: an uncalibrated feature has nowhere to go
