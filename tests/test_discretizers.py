@@ -185,8 +185,11 @@ def test_columns_and_chunked_exact_calibration():
     assert sorted(ref) == [0, 1, 5, 7, 17]
     assert_matches_reference(d, ref)
     chunked = PercentileDiscretizer(n_bins=10, out_bits=16, columns=cols)
-    for start in range(0, X.shape[0], 700):
-        chunked.partial_fit(X[start:start + 700], sample_weight=w[start:start + 700])
+    for i, start in enumerate(range(0, X.shape[0], 700)):
+        part = X[start:start + 700]
+        if i % 2:  # a reader's batch: a CSR triple
+            part = (part.indptr, part.indices, part.data)
+        chunked.partial_fit(part, sample_weight=w[start:start + 700])
     assert chunked.n_calibration_rows_ == X.shape[0]
     assert_matches_reference(chunked, ref)
 

@@ -323,14 +323,13 @@ impl Calibrator {
             let (ids, values) = x.row(row);
             for (&id, &v) in ids.iter().zip(values) {
                 let id = id.as_i64();
-                if let Some(columns) = &self.columns {
-                    if !columns.contains_key(&id) {
-                        continue;
-                    }
-                }
+                // A feature already sampled is a column: the column set is only asked on a miss.
                 let slot = match self.index.get(&id) {
                     Some(&s) => s as usize,
                     None => {
+                        if self.columns.as_ref().is_some_and(|c| !c.contains_key(&id)) {
+                            continue;
+                        }
                         if self.features.len() >= u32::MAX as usize {
                             return Err(invalid!("more than {} distinct features to calibrate", u32::MAX));
                         }
