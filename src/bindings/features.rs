@@ -8,7 +8,7 @@ use pyo3::types::PyBytes;
 use super::data::{f32_slice, index_slice, with_csr_slices, IndexArray};
 use super::errors::{detach, to_py};
 use crate::data::CsrView;
-use crate::features::discretize::{Calibrator, Discretizer, Kind};
+use crate::features::discretize::{Calibrator, Discretizer, Kind, TRANSFORM_CHUNK_NNZ};
 use crate::features::Isotonic;
 use crate::train::trainer::with_pool;
 
@@ -96,7 +96,12 @@ impl PyDiscretizer {
         let d = &self.inner;
         let out = with_csr_slices!(indptr, indices, |p, i| detach(py, || {
             let x = CsrView::new(p, i, values, n_cols)?;
-            with_pool(threads, || d.transform(&x))?
+            // A batch too small to split is one task: starting a pool would cost more than it.
+            if x.nnz() < TRANSFORM_CHUNK_NNZ {
+                d.transform(&x)
+            } else {
+                with_pool(threads, || d.transform(&x))?
+            }
         }))?;
         Ok((out.indptr.into_pyarray(py), out.indices.into_pyarray(py), out.values.into_pyarray(py)))
     }

@@ -415,7 +415,7 @@ pub struct Discretizer {
 
 /// Rows per parallel transform task, at least; a task also ends only at a row boundary, so that
 /// errors can name their row.
-const TRANSFORM_CHUNK_NNZ: usize = 1 << 15;
+pub const TRANSFORM_CHUNK_NNZ: usize = 1 << 15;
 
 impl Discretizer {
     /// Builds a discretizer from calibration results (or a file), checking them.
@@ -582,7 +582,7 @@ impl Discretizer {
             rest_v = rv;
             tasks.push((r0, r1, ci, cv));
         }
-        tasks.into_par_iter().try_for_each(|(r0, r1, out_i, out_v)| {
+        let run = |(r0, r1, out_i, out_v): (usize, usize, &mut [i64], &mut [f32])| {
             let mut pos = 0;
             for row in r0..r1 {
                 let (ids, vals) = x.row(row);
@@ -602,7 +602,13 @@ impl Discretizer {
                 }
             }
             Ok::<(), Error>(())
-        })?;
+        };
+        // One task (a reader's batch) runs here: no hand-off to the pool's threads.
+        if tasks.len() == 1 {
+            tasks.into_iter().try_for_each(run)?;
+        } else {
+            tasks.into_par_iter().try_for_each(run)?;
+        }
         Ok(OwnedCsr { indptr, indices, values, n_features: self.n_outputs() as usize })
     }
 }
