@@ -23,7 +23,7 @@ pub struct Loaded {
     pub extra: String,
 }
 
-fn checksum(mut state: u64, bytes: &[u8]) -> u64 {
+pub(crate) fn checksum(mut state: u64, bytes: &[u8]) -> u64 {
     let mut chunks = bytes.chunks_exact(8);
     for c in &mut chunks {
         state = mix64(state ^ u64::from_le_bytes(c.try_into().unwrap()));

@@ -12,6 +12,7 @@ from .estimators import (
     SparseMLPRegressor,
     load,
 )
+from .discretizers import HashingDiscretizer, IsotonicCalibrator, PercentileDiscretizer, load_discretizer
 from .io import FeatureHasher, FileData, from_records, load_svmlight, read
 from .plotting import plot_history
 from .predictor import Predictor
@@ -26,6 +27,10 @@ __all__ = [
     "FileData",
     "FeatureHasher",
     "from_records",
+    "PercentileDiscretizer",
+    "HashingDiscretizer",
+    "IsotonicCalibrator",
+    "load_discretizer",
     "Predictor",
     "plot_history",
     "datasets",

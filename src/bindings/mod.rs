@@ -4,6 +4,7 @@
 mod checkpoint;
 mod data;
 mod errors;
+mod features;
 mod metrics;
 mod model;
 
@@ -17,5 +18,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     metrics::register(m)?;
     model::register(m)?;
     checkpoint::register(m)?;
+    features::register(m)?;
     Ok(())
 }
