@@ -70,3 +70,15 @@ def test_train_with_eval_every_checkpoint_and_plot(tmp_path):
     assert r.returncode == 0, r.stderr
     assert png.stat().st_size > 10_000
     assert list(tmp_path.glob("ck-*.safetensors"))
+
+
+def test_train_with_discretize_then_eval(real_data, tmp_path):
+    model = tmp_path / "crit.safetensors"
+    r = run("train", str(real_data / "criteo_kaggle_8k.tsv"), "--holdout", "0.2", "--bits", "18", "--epochs", "2",
+            "--batch-size", "64", "--threads", "1", "--discretize", "10", "--save", str(model))
+    assert r.returncode == 0, r.stderr
+    assert "discretized:" in r.stdout
+    auc = float(r.stdout.split("AUC")[1].split()[0])
+    assert auc > 0.69, r.stdout
+    r = run("eval", str(model), str(real_data / "criteo_kaggle_8k.tsv"), "--bits", "18")
+    assert r.returncode == 0 and "AUC" in r.stdout, r.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -12,6 +13,7 @@ import scipy.sparse as sp
 from . import metrics
 from ._core import ModelFileError, TrainingDivergedError
 from .datasets import make_ctr
+from .discretizers import PercentileDiscretizer, load_discretizer
 from .estimators import SparseLogisticRegression, SparseMLPClassifier
 from .io import FileData, load_svmlight
 from .predictor import Predictor
@@ -25,6 +27,28 @@ def _report(clf, X, y, label):
         line += f"  AUC {metrics.roc_auc(y01, p):.4f}  RCE {metrics.rce(y01, p):.2f}"
         line += f"  calibration {metrics.calibration(y01, p):.3f}"
     print(line)
+
+
+def _discretizer_path(model_path):
+    return f"{model_path}.discretizer.safetensors"
+
+
+def _discretize(args, X, Xt):
+    """Calibrates a PercentileDiscretizer on a random sample of the training rows, for the
+    continuous features only (those with a value other than 0 or 1 in the sample; the others pass
+    through), and transforms the training and test data."""
+    rng = np.random.default_rng(args.seed)
+    n = min(args.discretize_rows, X.shape[0])
+    Xs = X[np.sort(rng.choice(X.shape[0], size=n, replace=False))]
+    continuous = np.unique(Xs.indices[(Xs.data != 0.0) & (Xs.data != 1.0)])
+    disc = PercentileDiscretizer(n_bins=args.discretize, out_bits=args.discretize_bits, columns=continuous,
+                                 random_state=args.seed, threads=args.threads).fit(Xs)
+    start = time.perf_counter()
+    X = disc.transform(X)
+    Xt = None if Xt is None else disc.transform(Xt)
+    print(f"discretized: {continuous.size:,} continuous features into <= {args.discretize} bins each (calibrated "
+          f"on {n:,} rows), ids in [0, 2^{args.discretize_bits}); transform {time.perf_counter() - start:.2f} s")
+    return X, Xt, disc
 
 
 def _parse_hidden(text):
@@ -51,12 +75,13 @@ def cmd_train(args):
         if train.format == "svmlight":
             n_features = _file_data(args, args.paths + ([args.test] if args.test else []), args.n_features).resolve()[0]
             train = _file_data(args, args.paths, n_features)
-        if args.holdout:
-            if not 0 < args.holdout < 1:
+        if args.holdout or args.discretize:
+            if args.holdout and not 0 < args.holdout < 1:
                 raise ValueError("--holdout must be a fraction in (0, 1)")
-            X, y, _, _ = train.read(binary=True)
-            cut = int(round(X.shape[0] * (1 - args.holdout)))
-            X, Xt, y, yt = X[:cut], X[cut:], y[:cut], y[cut:]
+            X, y, _, _ = train.read(binary=True)  # --discretize transforms in memory
+            if args.holdout:
+                cut = int(round(X.shape[0] * (1 - args.holdout)))
+                X, Xt, y, yt = X[:cut], X[cut:], y[:cut], y[cut:]
         else:
             stream = train
         if args.test:
@@ -68,7 +93,13 @@ def cmd_train(args):
         X, y = make_ctr(rows + test_rows, n_features=n_features, nnz=100, random_state=args.seed)
         X, Xt, y, yt = X[:rows], X[rows:], y[:rows], y[rows:]
         source = f"make_ctr (synthetic Twitter-like), {rows:,} train / {test_rows:,} test rows"
-    common = dict(n_features=None if args.paths else args.n_features, optimizer=args.optimizer, batch_size=args.batch_size, epochs=args.epochs,
+    discretizer = None
+    if args.discretize:
+        X, Xt, discretizer = _discretize(args, X, Xt)
+    n_features = None if args.paths else args.n_features
+    if discretizer is not None:
+        n_features = 2**args.discretize_bits
+    common = dict(n_features=n_features, optimizer=args.optimizer, batch_size=args.batch_size, epochs=args.epochs,
                   threads=args.threads, normalize=not args.no_normalize, l2=args.l2, random_state=args.seed,
                   verbose=1)
     if args.model == "lr":
@@ -115,6 +146,9 @@ def cmd_train(args):
     if args.save:
         clf.save(args.save)
         print(f"saved {args.save}")
+        if discretizer is not None:
+            discretizer.save(_discretizer_path(args.save))
+            print(f"saved {_discretizer_path(args.save)}")
     if args.plot:
         from .plotting import plot_history
         plot_history(clf.history_, args.plot, title=arch)
@@ -126,8 +160,11 @@ def _predictor_and_data(args):
     model = Predictor(args.model, threads=args.threads)
     data = FileData(args.data, format=args.format, bits=args.bits, label=args.label, numeric=_split(args.numeric),
                     categorical=_split(args.categorical), ignore=_split(args.ignore), delimiter=args.delimiter)
-    n_features = model.n_features if data.format == "svmlight" else None
+    n_features = None if data.format != "svmlight" or os.path.exists(_discretizer_path(args.model)) else model.n_features
     X, y, _, _ = data.read(binary=model.task == "binary", n_features=n_features)
+    if os.path.exists(_discretizer_path(args.model)):  # the model was trained with --discretize
+        disc = load_discretizer(_discretizer_path(args.model))
+        X = disc.transform(X)
     if X.shape[1] != model.n_features:
         raise ValueError(f"the data has {X.shape[1]} features (ids) but the model has n_features={model.n_features}; "
                          f"use the --bits the model was trained with")
@@ -207,6 +244,13 @@ def build_parser():
     t.add_argument("--test-rows", type=int, default=50_000, help="synthetic test rows")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--save", metavar="MODEL", help="write the trained model (safetensors)")
+    t.add_argument("--discretize", type=int, default=None, metavar="N_BINS",
+                   help="train on percentile-bin features of the continuous features (twml's PercentileDiscretizer), "
+                        "data read into memory; with --save the discretizer goes to MODEL.discretizer.safetensors")
+    t.add_argument("--discretize-rows", type=int, default=100_000, metavar="ROWS",
+                   help="training rows sampled to calibrate the bins (default 100000)")
+    t.add_argument("--discretize-bits", type=int, default=22, metavar="BITS",
+                   help="the discretized id space is 2^BITS (default 22)")
     t.add_argument("--eval-every", type=int, default=None, metavar="SAMPLES", help="evaluate on the test data this often")
     t.add_argument("--early-stopping", type=int, default=None, metavar="ROUNDS",
                    help="stop when test logloss has not improved for this many evaluations")
