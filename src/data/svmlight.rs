@@ -86,8 +86,10 @@ pub fn parse_svmlight(text: &[u8], n_features: Option<usize>, base: IdBase) -> R
         indices.iter_mut().for_each(|id| *id -= 1);
         max_id -= 1;
     }
-    let needed = (max_id + 1).max(0) as usize;
+    // No `max_id + 1`: it overflows for the id i64::MAX.
+    let needed = if max_id < 0 { 0 } else { usize::try_from(max_id).unwrap_or(usize::MAX).saturating_add(1) };
     let n_features = match n_features {
+        Some(0) => return Err(invalid!("n_features must be at least 1, got 0")),
         Some(n) if n < needed => {
             let base = if one_based { "one-based" } else { "zero-based" };
             return Err(invalid!(
