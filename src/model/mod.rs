@@ -160,9 +160,14 @@ impl Model {
             ));
         }
         if let Some(available) = memory_available().filter(|&a| eager > a) {
+            let what = match (&config.head, config.optimizer.kind == OptimizerKind::Adagrad) {
+                (Head::Mlp { .. }, false) => "the MLP's randomly initialized tables",
+                (Head::Mlp { .. }, true) => "the MLP's randomly initialized tables and Adagrad's accumulators",
+                _ => "Adagrad's accumulators, which start at 0.1",
+            };
             return Err(invalid!(
-                "this model writes {:.1} GiB when it is created (the MLP's randomly initialized tables, Adagrad's \
-                 accumulators) but only {:.1} GiB of memory is available: reduce n_features, sparse_width or hidden",
+                "this model writes {:.1} GiB when it is created ({what}) but only {:.1} GiB of memory is available: \
+                 reduce n_features, sparse_width or hidden",
                 gib(eager),
                 gib(available)
             ));
