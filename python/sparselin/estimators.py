@@ -168,8 +168,8 @@ class _SparseEstimator(BaseEstimator):
 
     def _decision(self, csr: Csr):
         model = self._core_model()
-        return model.decision_function(csr.indptr, csr.indices, csr.values, json.loads(model.config_json)["n_features"],
-                                             int(self.predict_threads))
+        n_features = json.loads(model.config_json)["n_features"]
+        return model.decision_function(csr.indptr, csr.indices, csr.values, n_features, int(self.predict_threads))
 
     # -- public API ------------------------------------------------------------------------
     def fit(self, X, y=None, sample_weight=None, eval_set=None, *, eval_every=None, early_stopping_rounds=None,
