@@ -137,6 +137,11 @@ pub fn read_model(bytes: &[u8], inference_only: bool) -> Result<Loaded> {
     let mut config: ModelConfig =
         serde_json::from_str(&field("config")?).map_err(|e| bad(format!("model config in the file is invalid: {e}")))?;
     let parse_u64 = |k: &str| -> Result<u64> { field(k)?.parse().map_err(|_| bad(format!("metadata '{k}' is not a number"))) };
+    // The file holds every tensor of the model its config describes: checked first, so that a
+    // damaged config (e.g. a huge layer size) cannot make the probe below allocate gigabytes.
+    if config.memory_bytes() > bytes.len() as u128 {
+        return Err(bad("model config in the file is invalid: it describes a model larger than the file"));
+    }
     // The full model defines which tensors the file must hold.
     let expected: Vec<(String, Vec<usize>)> = {
         let probe = ModelConfig { n_features: 1, ..config.clone() };

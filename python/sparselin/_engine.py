@@ -9,6 +9,7 @@ uninterrupted fit: with threads=1 the result is bit-identical.
 from __future__ import annotations
 
 import glob
+import json
 import math
 import os
 import re
@@ -102,7 +103,8 @@ def train(est, csr, targets, weights, epochs, *, evals=(), eval_every=None, earl
         if parent:
             os.makedirs(parent, exist_ok=True)
 
-    n_features = est._model_n_features()
+    model = est._core_model()  # once: a fit in another thread may replace est._model meanwhile
+    n_features = json.loads(model.config_json)["n_features"]
     bar = _progress_bar(est, plan.total_batches * plan.batch_size)
     first_segment = [True]
 
@@ -114,7 +116,7 @@ def train(est, csr, targets, weights, epochs, *, evals=(), eval_every=None, earl
     try:
         while state["batches_done"] < plan.total_batches:
             target = plan.next_stop(state["batches_done"])
-            report = est._model.fit(
+            report = model.fit(
                 csr.indptr, csr.indices, csr.values, n_features, targets, weights, 1, plan.batch_size,
                 int(est.threads), True, progress, target - state["batches_done"],
                 not first_segment[0] or state["batches_done"] > 0, est.parallel)

@@ -12,6 +12,7 @@ import os
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+from sklearn.exceptions import NotFittedError
 from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
@@ -132,6 +133,15 @@ class _SparseEstimator(BaseEstimator):
         X = validate_data(self, X, accept_sparse="csr", dtype=(np.float32, np.float64), reset=False)
         return from_matrix(X)
 
+    def _core_model(self):
+        """The core model, read once per call: a fit in another thread may replace it meanwhile,
+        and a failed or running fit leaves none."""
+        model = getattr(self, "_model", None)
+        if model is None:
+            raise NotFittedError(f"This {type(self).__name__} instance has no trained model: it is not fitted, its "
+                                 "last fit failed, or a fit in another thread is setting it up")
+        return model
+
     def _model_n_features(self):
         model = getattr(self, "_model", None)
         if model is not None:
@@ -167,8 +177,9 @@ class _SparseEstimator(BaseEstimator):
         return self._predict_inputs(X), self._encode_targets(np.asarray(y), reset=False)
 
     def _decision(self, csr: Csr):
-        return self._model.decision_function(csr.indptr, csr.indices, csr.values, self._model_n_features(),
-                                             int(self.predict_threads))
+        model = self._core_model()
+        n_features = json.loads(model.config_json)["n_features"]
+        return model.decision_function(csr.indptr, csr.indices, csr.values, n_features, int(self.predict_threads))
 
     # -- public API ------------------------------------------------------------------------
     def fit(self, X, y=None, sample_weight=None, eval_set=None, *, eval_every=None, early_stopping_rounds=None,
@@ -237,7 +248,7 @@ class _SparseEstimator(BaseEstimator):
         if first:
             self._start(csr.n_cols)
         elif optimizer_state_decay is not None:
-            self._model.decay_optimizer_state(float(optimizer_state_decay))
+            self._core_model().decay_optimizer_state(float(optimizer_state_decay))
         evals = [self._eval_arrays(e) for e in self._eval_sets(eval_set)]
         _engine.train(self, csr, targets, weights, 1, evals=evals)
         return self
@@ -294,7 +305,7 @@ class _SparseEstimator(BaseEstimator):
         """Writes the model (weights, normalization, optimizer state, estimator settings) to a
         safetensors file, atomically."""
         check_is_fitted(self)
-        _core.save_model(self._model, os.fspath(path), json.dumps(self._extra_state()))
+        _core.save_model(self._core_model(), os.fspath(path), json.dumps(self._extra_state()))
 
     def _extra_state(self):
         params = self.get_params()

@@ -86,12 +86,13 @@ impl<'a, P: Idx, I: Idx> CsrView<'a, P, I> {
     }
 
     fn check_entries(&self) -> Result<()> {
-        let n = self.n_features as i64;
+        // Compared as u64: an n_features above i64::MAX must not wrap to a negative bound.
+        let n = self.n_features as u64;
         for row in 0..self.n_rows() {
             let (ids, vals) = self.row(row);
             for (pos, (&id, &v)) in ids.iter().zip(vals).enumerate() {
                 let id = id.as_i64();
-                if id < 0 || id >= n {
+                if id < 0 || id as u64 >= n {
                     return Err(invalid!(
                         "row {row}: feature id (column) {id} at position {pos} is out of range [0, {n})"
                     ));

@@ -35,8 +35,10 @@ pub fn parse_svmlight(text: &[u8], n_features: Option<usize>, base: IdBase) -> R
     if one_based && min_id == 0 {
         return Err(invalid!("feature id 0 found in a file read as one-based (use zero_based=True)"));
     }
-    let needed = (max_id + 1 - shift).max(0) as usize;
+    // No `max_id + 1`: it overflows for the id i64::MAX.
+    let needed = if max_id < shift { 0 } else { usize::try_from(max_id - shift).unwrap_or(usize::MAX).saturating_add(1) };
     let n_features = match n_features {
+        Some(0) => return Err(invalid!("n_features must be at least 1, got 0")),
         Some(n) if n < needed => {
             let base = if one_based { "one-based" } else { "zero-based" };
             return Err(invalid!("line {max_id_line}: feature id {max_id} ({base}) does not fit n_features={n}"));

@@ -68,16 +68,52 @@ impl ModelConfig {
         self.optimizer.validate()
     }
 
-    /// Bytes of all tensors and optimizer state, to refuse impossible sizes before allocating.
+    /// Bytes of all tensors and optimizer state (what a model file holds), to refuse impossible
+    /// sizes before allocating. Saturates rather than overflowing.
     pub fn memory_bytes(&self) -> u128 {
-        let slots = 1 + self.optimizer.kind.slot_names().len() as u128;
-        let n = self.n_features as u128;
-        let mut floats = n * self.sparse_width as u128 * slots;
-        if self.normalize {
-            floats += n * (1 + slots);
-        }
-        floats * 4
+        self.footprint().0
     }
+
+    /// (bytes of all tensors and optimizer state, bytes written when the model is created).
+    /// Tables come from `alloc_zeroed`, so zeros cost no RAM until a batch touches their row;
+    /// what is written eagerly is the MLP's random sparse table and dense layers, and Adagrad's
+    /// accumulators (filled with 0.1).
+    fn footprint(&self) -> (u128, u128) {
+        let kind = self.optimizer.kind;
+        let slots = kind.slot_names().len() as u128;
+        let eager_slots = if kind == OptimizerKind::Adagrad { slots } else { 0 };
+        let (mut total, mut eager) = (0u128, 0u128);
+        let mut param = |len: u128, random_init: bool| {
+            total = total.saturating_add(len.saturating_mul(1 + slots));
+            eager = eager.saturating_add(len.saturating_mul(random_init as u128 + eager_slots));
+        };
+        let (n, w) = (self.n_features as u128, self.sparse_width as u128);
+        if self.normalize {
+            param(n, false); // feature bias
+        }
+        param(n.saturating_mul(w), matches!(self.head, Head::Mlp { .. }));
+        param(w, false);
+        if let Head::Mlp { hidden } = &self.head {
+            let mut n_in = w;
+            for &n_out in hidden.iter().chain(std::iter::once(&1)) {
+                param(n_in.saturating_mul(n_out as u128), true);
+                param(n_out as u128, false);
+                n_in = n_out as u128;
+            }
+        }
+        if self.normalize {
+            total = total.saturating_add(n); // max_abs: a statistic, no optimizer state
+        }
+        (total.saturating_mul(4), eager.saturating_mul(4))
+    }
+}
+
+/// `MemAvailable` of /proc/meminfo in bytes (None where there is no such file).
+fn memory_available() -> Option<u128> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u128 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }
 
 pub struct Model {
@@ -113,11 +149,27 @@ impl Model {
     pub fn new(config: ModelConfig) -> Result<Self> {
         config.validate()?;
         const LIMIT: u128 = 1 << 40;
-        let bytes = config.memory_bytes();
+        let gib = |b: u128| b as f64 / (1u64 << 30) as f64;
+        let (bytes, eager) = config.footprint();
         if bytes > LIMIT {
             return Err(invalid!(
-                "this model needs {:.1} GiB for its tables and optimizer state: reduce n_features or sparse_width",
-                bytes as f64 / (1u64 << 30) as f64
+                "this model needs {:.1} GiB for its tables and optimizer state (more than the {:.0} GiB limit): \
+                 reduce n_features, sparse_width or hidden",
+                gib(bytes),
+                gib(LIMIT)
+            ));
+        }
+        if let Some(available) = memory_available().filter(|&a| eager > a) {
+            let what = match (&config.head, config.optimizer.kind == OptimizerKind::Adagrad) {
+                (Head::Mlp { .. }, false) => "the MLP's randomly initialized tables",
+                (Head::Mlp { .. }, true) => "the MLP's randomly initialized tables and Adagrad's accumulators",
+                _ => "Adagrad's accumulators, which start at 0.1",
+            };
+            return Err(invalid!(
+                "this model writes {:.1} GiB when it is created ({what}) but only {:.1} GiB of memory is available: \
+                 reduce n_features, sparse_width or hidden",
+                gib(eager),
+                gib(available)
             ));
         }
         let kind = config.optimizer.kind;
@@ -489,5 +541,42 @@ mod tests {
         assert!(Model::new(ModelConfig { n_features: 0, ..config(Head::Linear, 1, OptimizerKind::Sgd) }).is_err());
         assert!(Model::new(config(Head::Mlp { hidden: vec![4] }, 4, OptimizerKind::Ftrl)).is_err());
         assert!(Model::new(ModelConfig { n_features: 1 << 40, ..config(Head::Mlp { hidden: vec![] }, 64, OptimizerKind::LazyAdam) }).is_err());
+        // Sizes whose products overflow usize are refused before anything is allocated.
+        let e = Model::new(config(Head::Mlp { hidden: vec![usize::MAX, usize::MAX] }, usize::MAX, OptimizerKind::Sgd)).err().unwrap();
+        assert!(e.to_string().contains("GiB"), "{e}");
+        let e = Model::new(config(Head::Mlp { hidden: vec![1 << 40] }, 4, OptimizerKind::Sgd)).err().unwrap();
+        assert!(e.to_string().contains("GiB"), "{e}");
+    }
+
+    #[test]
+    fn memory_bytes_is_exactly_the_tensor_bytes() {
+        for kind in [OptimizerKind::Sgd, OptimizerKind::LazyAdam, OptimizerKind::Adagrad, OptimizerKind::Ftrl] {
+            for (head, width) in [(Head::Linear, 1), (Head::Mlp { hidden: vec![5, 3] }, 4), (Head::Mlp { hidden: vec![] }, 2)] {
+                for normalize in [true, false] {
+                    if kind == OptimizerKind::Ftrl && head != Head::Linear {
+                        continue;
+                    }
+                    let cfg = ModelConfig { normalize, ..config(head.clone(), width, kind) };
+                    let model = Model::new(cfg.clone()).unwrap();
+                    let floats: usize = model.tensors().iter().map(|(_, _, t)| t.len()).sum();
+                    assert_eq!(cfg.memory_bytes(), floats as u128 * 4, "{cfg:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn eager_bytes_must_fit_in_available_memory() {
+        let Some(available) = memory_available() else { return };
+        // An MLP's sparse table is written at creation: refused when it cannot fit now, while the
+        // same size of lazily allocated (zero) tables is fine for a linear model.
+        let n_features = (available / 4 / 16 + 1) as usize * 2;
+        let cfg = ModelConfig { n_features, ..config(Head::Mlp { hidden: vec![] }, 16, OptimizerKind::Sgd) };
+        if cfg.memory_bytes() < 1 << 40 {
+            let e = Model::new(cfg).err().unwrap().to_string();
+            assert!(e.contains("GiB") && e.contains("available"), "{e}");
+        }
+        let lazy = ModelConfig { n_features: 1 << 28, normalize: false, ..config(Head::Linear, 1, OptimizerKind::Sgd) };
+        assert!(Model::new(lazy).is_ok());
     }
 }

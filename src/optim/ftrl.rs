@@ -10,7 +10,10 @@ pub const BETA: f32 = 1.0;
 pub fn update(w: &mut [f32], z: &mut [f32], n: &mut [f32], grads: &[f32], alpha: f32, l1: f32, l2: f32) {
     for (((wv, zv), nv), &g) in w.iter_mut().zip(z.iter_mut()).zip(n.iter_mut()).zip(grads) {
         let n_new = *nv + g * g;
-        let sigma = (n_new.sqrt() - nv.sqrt()) / alpha;
+        // sqrt(n + g^2) - sqrt(n), written without the subtraction that cancels in f32 when
+        // g^2 << n (a late, small gradient): g^2 / (sqrt(n + g^2) + sqrt(n)).
+        let root_sum = n_new.sqrt() + nv.sqrt();
+        let sigma = if root_sum > 0.0 { g * g / root_sum / alpha } else { 0.0 };
         *zv += g - sigma * *wv;
         *nv = n_new;
         *wv = if zv.abs() <= l1 { 0.0 } else { -(*zv - zv.signum() * l1) / ((BETA + n_new.sqrt()) / alpha + l2) };
