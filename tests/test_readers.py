@@ -171,3 +171,24 @@ def test_training_from_a_file_larger_than_the_memory_it_may_use(tmp_path):
                               capture_output=True, text=True).stdout.strip()
     # The file is ~160 MB; streaming keeps a few 4096-row windows (~5 MB each) above the interpreter.
     assert peak - int(baseline) < size / 3, (peak, int(baseline), size)
+
+
+def test_discretizer_calibrated_on_a_file_sample_and_applied_while_streaming(real_data, tmp_path):
+    lines = (real_data / "criteo_kaggle_8k.tsv").read_bytes().splitlines(keepends=True)
+    train, test = tmp_path / "train.tsv", tmp_path / "test.tsv"
+    train.write_bytes(b"".join(lines[:6400]))
+    test.write_bytes(b"".join(lines[6400:]))
+    raw = sparselin.FileData(train, bits=18, window=1000)
+    sample, _ = raw.head(3000)
+    assert sample.shape[0] == 3000
+    continuous = np.unique(sample.indices[(sample.data != 0) & (sample.data != 1)])
+    disc = sparselin.PercentileDiscretizer(n_bins=10, out_bits=20, columns=continuous).fit(sample)
+    streamed = sparselin.FileData(train, bits=18, window=1000, transform=disc)
+    clf = sparselin.SparseMLPClassifier(epochs=2, batch_size=64, random_state=0)
+    clf.fit(streamed, eval_set=(sparselin.FileData(test, bits=18, transform=disc), None))
+    assert clf.n_features_in_ == 2**20
+    # The same model trained on the data discretized in memory sees the same rows (windows aside).
+    Xt, yt, _, _ = sparselin.FileData(test, bits=18, transform=disc).read(binary=True)
+    p = clf.predict_proba(Xt)[:, 1]
+    assert sparselin.metrics.roc_auc(yt, p) > 0.69
+    assert clf.history_[-1]["eval_auc"] == pytest.approx(sparselin.metrics.roc_auc(yt, p))

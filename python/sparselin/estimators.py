@@ -121,7 +121,7 @@ class _SparseEstimator(BaseEstimator):
     def _predict_inputs(self, X) -> Csr:
         check_is_fitted(self)
         if isinstance(X, FileData):
-            Xf, _, _, _ = X.read(n_features=self._model_n_features())
+            Xf, _, _, _ = X.read(n_features=None if X.transform is not None else self._model_n_features())
             return from_matrix(Xf)
         if is_path(X):
             X, _ = load_svmlight(X, n_features=self._model_n_features())
@@ -170,7 +170,8 @@ class _SparseEstimator(BaseEstimator):
             raise ValueError("eval_set must be (X, y) or a list of (X, y) pairs")
         X, y = pair
         if isinstance(X, FileData):
-            Xf, yf, _, _ = X.read(binary=self._task == "binary", n_features=self._model_n_features())
+            Xf, yf, _, _ = X.read(binary=self._task == "binary",
+                                  n_features=None if X.transform is not None else self._model_n_features())
             if y is not None:
                 raise ValueError("with FileData in eval_set the labels come from the files: pass (data, None)")
             return from_matrix(Xf), np.ascontiguousarray(yf, dtype=np.float32)
@@ -258,7 +259,13 @@ class _SparseEstimator(BaseEstimator):
         binary = self._task == "binary"
         if new_model:
             self._check_hyperparameters()
-            if data.format == "svmlight":
+            if data.transform is not None:
+                if data.format == "svmlight":
+                    data.resolve(data.n_features)  # validates the files early
+                n_features, zero_based = 2 ** int(data.transform.out_bits), None
+                if self.n_features not in (None, n_features):
+                    raise ValueError(f"n_features={self.n_features} but the discretizer outputs 2**{data.transform.out_bits} ids")
+            elif data.format == "svmlight":
                 n_features, zero_based = data.resolve(data.n_features or self.n_features)
             else:
                 n_features, zero_based = 2**data.bits, None
@@ -272,8 +279,9 @@ class _SparseEstimator(BaseEstimator):
         else:
             n_features, zero_based = self._model_n_features(), None
             if data.format == "svmlight":
-                zero_based = data.resolve(n_features)[1]
-        spec = data.spec_json(n_features, zero_based)
+                zero_based = data.resolve(None if data.transform is not None else n_features)[1]
+        spec = data.spec_json(None if data.transform is not None else n_features, zero_based)
+        discretizer = None if data.transform is None else data.transform._disc()
         evals = [self._eval_arrays(e) for e in self._eval_sets(eval_set)]
         bar = _engine._progress_bar(self, None)
         samples = self.history_[-1]["samples"] if self.history_ else 0
@@ -287,7 +295,7 @@ class _SparseEstimator(BaseEstimator):
             for epoch in range(epochs):
                 r = self._model.fit_files(data.paths, spec, binary, 1, int(self.batch_size), int(self.threads),
                                           data.window, data.cache, progress if bar is not None else None,
-                                          epoch == 0, self.parallel)
+                                          epoch == 0, self.parallel, discretizer)
                 samples += r["samples"]
                 seconds += r["seconds"]
                 entry = {"samples": samples, "epoch": len(self.history_) + 1, "train_loss": r["epoch_losses"][-1],

@@ -100,10 +100,12 @@ class FileData:
     ``categorical`` columns (default: all others), ``ignore``d columns, ``delimiter``.
     ``cache``: True (next to the first file, ``.slcache``) or a path: the first pass writes a
     binary copy that later epochs and fits read instead of parsing; rebuilt when the files
-    change or the cache is damaged. Binary classifiers take labels 0/1 or -1/+1 (read as 0/1)."""
+    change or the cache is damaged. ``transform``: a fitted ``PercentileDiscretizer`` /
+    ``HashingDiscretizer`` applied to every window on the fly (calibrate it on ``head()``).
+    Binary classifiers take labels 0/1 or -1/+1 (read as 0/1)."""
 
     def __init__(self, paths, format=None, bits=20, n_features=None, zero_based="auto", label=None, numeric=(),
-                 categorical=(), ignore=(), delimiter=None, window=65536, cache=None):
+                 categorical=(), ignore=(), delimiter=None, window=65536, cache=None, transform=None):
         self.paths = _expand(paths)
         fmt = format or detect_format(self.paths[0])
         if fmt not in FORMATS:
@@ -121,6 +123,9 @@ class FileData:
         if cache is True:
             cache = self.paths[0] + ".slcache"
         self.cache = None if cache in (None, False) else os.fspath(cache)
+        if transform is not None and not hasattr(transform, "_disc"):
+            raise TypeError("transform must be a fitted PercentileDiscretizer or HashingDiscretizer")
+        self.transform = transform
 
     def spec_json(self, n_features=None, zero_based=None) -> str:
         spec = {"format": self.format}
@@ -143,11 +148,20 @@ class FileData:
         return _core.resolve_files(self.paths, self.spec_json(n_features))
 
     def read(self, binary=False, n_features=None, collect_keys=False):
-        """All rows in memory: (X csr_matrix, y, sample_weight or None, (keys, slots) or None)."""
+        """All rows in memory: (X csr_matrix, y, sample_weight or None, (keys, slots) or None),
+        discretized when the FileData has a ``transform``."""
         (indptr, indices, values), y, w, n, stats = _core.read_files(self.paths, self.spec_json(n_features), binary,
                                                                     collect_keys)
         X = sp.csr_matrix((values, indices, indptr), shape=(indptr.size - 1, n))
+        if self.transform is not None:
+            X = self.transform.transform(X)
         return X, y, w, stats
+
+    def head(self, n_rows=100_000, binary=False):
+        """The first ``n_rows`` rows, read without the rest of the files (e.g. to calibrate a
+        discretizer on a sample): ``(X, y)``, not discretized."""
+        (indptr, indices, values), y, n = _core.read_head(self.paths, self.spec_json(), binary, int(n_rows))
+        return sp.csr_matrix((values, indices, indptr), shape=(indptr.size - 1, n)), y
 
 
 def read(paths, format=None, *, bits=20, n_features=None, zero_based="auto", label=None, numeric=(), categorical=(),

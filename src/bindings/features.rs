@@ -73,7 +73,7 @@ impl PyCalibrator {
 
 #[pyclass(module = "sparselin._core", name = "Discretizer")]
 pub struct PyDiscretizer {
-    inner: Discretizer,
+    pub(crate) inner: Discretizer,
 }
 
 #[pymethods]

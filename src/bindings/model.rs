@@ -145,7 +145,7 @@ impl PySparseModel {
     /// Trains on text files streamed in bounded memory (see `train::stream::fit_files`).
     /// Returns a dict: epoch_losses, samples, seconds, waiting, chunks, n_features, and
     /// distinct_keys / distinct_slots for hashed formats.
-    #[pyo3(signature = (paths, spec_json, binary, epochs, batch_size, threads, window, cache=None, progress=None, collect_keys=false, parallel="hogwild"))]
+    #[pyo3(signature = (paths, spec_json, binary, epochs, batch_size, threads, window, cache=None, progress=None, collect_keys=false, parallel="hogwild", discretizer=None))]
     #[allow(clippy::too_many_arguments)]
     fn fit_files<'py>(
         &self,
@@ -161,7 +161,9 @@ impl PySparseModel {
         progress: Option<Py<PyAny>>,
         collect_keys: bool,
         parallel: &str,
+        discretizer: Option<PyRef<'py, super::features::PyDiscretizer>>,
     ) -> PyResult<Bound<'py, pyo3::types::PyDict>> {
+        let discretizer = discretizer.as_ref().map(|d| &d.inner);
         let spec = super::data::reader_spec(spec_json)?;
         let model = &self.inner;
         let options = FitOptions { epochs, batch_size, threads, parallel: parse_parallel(parallel)?, ..Default::default() };
@@ -188,6 +190,7 @@ impl PySparseModel {
                 window,
                 cache.as_deref(),
                 collect_keys,
+                discretizer,
                 &options,
                 &mut on_progress,
             )?;

@@ -8,6 +8,9 @@ use std::time::Instant;
 
 use super::trainer::{fit, FitOptions, Progress, TrainData};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::features::discretize::Discretizer;
 
 use crate::data::readers::cache::{cache_key, CacheReader, CacheWriter};
 use crate::data::readers::source::{Chunk, FileSource, Resolved};
@@ -129,9 +132,29 @@ impl Iterator for Tee {
     }
 }
 
+/// Applies a discretizer to every chunk, in the reader thread (so the trainer gets bin ids).
+struct Transformed {
+    inner: Box<dyn Iterator<Item = Result<Chunk>> + Send>,
+    discretizer: Arc<Discretizer>,
+}
+
+impl Iterator for Transformed {
+    type Item = Result<Chunk>;
+
+    fn next(&mut self) -> Option<Result<Chunk>> {
+        self.inner.next().map(|chunk| {
+            let mut chunk = chunk?;
+            chunk.matrix = self.discretizer.transform(&chunk.matrix.view()?)?;
+            Ok(chunk)
+        })
+    }
+}
+
 /// Trains on text files in bounded memory (`window` rows shuffled at a time). With `cache`,
 /// the first pass writes a binary copy that later epochs (and later fits, while the files are
-/// unchanged) read instead of parsing; a stale, incomplete or corrupt cache is rebuilt.
+/// unchanged) read instead of parsing; a stale, incomplete or corrupt cache is rebuilt. With a
+/// `discretizer`, each chunk is discretized on the fly (the cache keeps the raw rows).
+#[allow(clippy::too_many_arguments)]
 pub fn fit_files(
     model: &Model,
     paths: &[PathBuf],
@@ -139,23 +162,26 @@ pub fn fit_files(
     window: usize,
     cache: Option<&Path>,
     collect_keys: bool,
+    discretizer: Option<&Discretizer>,
     options: &FitOptions,
     on_progress: &mut dyn FnMut(&Progress) -> Result<()>,
 ) -> Result<StreamReport> {
-    if resolved.n_features != model.config.n_features {
+    let n_features = discretizer.map_or(resolved.n_features as u64, |d| d.n_outputs());
+    if n_features != model.config.n_features as u64 {
         return Err(crate::invalid!(
-            "the files give {} features but the model was built for n_features={}",
-            resolved.n_features,
+            "the files give {n_features} features{} but the model was built for n_features={}",
+            if discretizer.is_some() { " after discretization" } else { "" },
             model.config.n_features
         ));
     }
+    let discretizer = discretizer.map(|d| Arc::new(d.clone()));
     let settings = format!("{:?} n_features={} shift={} binary={}", resolved.spec, resolved.n_features, resolved.shift, resolved.binary);
     let key = match cache {
         Some(_) => Some(cache_key(paths, &settings)?),
         None => None,
     };
     let mut verified = false;
-    let mut source = |epoch: usize| -> Result<Box<dyn Iterator<Item = Result<Chunk>> + Send>> {
+    let mut raw_source = |epoch: usize| -> Result<Box<dyn Iterator<Item = Result<Chunk>> + Send>> {
         if let (Some(path), Some(key)) = (cache, &key) {
             if let Some(reader) = CacheReader::open(path, key, resolved.n_features, !verified) {
                 verified = true;
@@ -166,6 +192,13 @@ pub fn fit_files(
             return Ok(Box::new(Tee { inner: files, writer: Some(CacheWriter::create(path, key)?) }));
         }
         Ok(Box::new(FileSource::new(paths.to_vec(), resolved.clone(), window, epoch == 0 && collect_keys && resolved.spec.is_hashed())?))
+    };
+    let mut source = |epoch: usize| -> Result<Box<dyn Iterator<Item = Result<Chunk>> + Send>> {
+        let chunks = raw_source(epoch)?;
+        Ok(match &discretizer {
+            Some(d) => Box::new(Transformed { inner: chunks, discretizer: Arc::clone(d) }),
+            None => chunks,
+        })
     };
     fit_stream(model, &mut source, options, on_progress)
 }

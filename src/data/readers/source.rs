@@ -210,19 +210,35 @@ pub struct FileSource {
     current: Option<(TextBlocks, Box<dyn LineParser>)>,
     pending: Parsed,
     done: bool,
+    /// Rows of the next chunk: starts small and doubles up to `window`, so the trainer does not
+    /// wait for a whole window to be parsed before its first batch.
+    next_chunk: usize,
 }
+
+const FIRST_CHUNK: usize = 4096;
 
 impl FileSource {
     pub fn new(paths: Vec<PathBuf>, resolved: Resolved, window: usize, collect_keys: bool) -> Result<Self> {
         if window == 0 {
             return Err(invalid!("the shuffle window must be at least 1 row"));
         }
-        Ok(Self { paths, resolved, window, collect_keys, file: 0, current: None, pending: Parsed::default(), done: false })
+        Ok(Self {
+            paths,
+            resolved,
+            window,
+            collect_keys,
+            file: 0,
+            current: None,
+            pending: Parsed::default(),
+            done: false,
+            next_chunk: window.min(FIRST_CHUNK),
+        })
     }
 
     fn step(&mut self) -> Result<Option<Chunk>> {
         loop {
-            if self.pending.n_rows() >= self.window {
+            if self.pending.n_rows() >= self.next_chunk {
+                self.next_chunk = (self.next_chunk * 2).min(self.window);
                 let full = std::mem::take(&mut self.pending);
                 return Ok(Some(finish(full, self.resolved.n_features)));
             }
