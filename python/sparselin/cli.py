@@ -100,7 +100,7 @@ def cmd_train(args):
     if discretizer is not None:
         n_features = 2**args.discretize_bits
     common = dict(n_features=n_features, optimizer=args.optimizer, batch_size=args.batch_size, epochs=args.epochs,
-                  threads=args.threads, normalize=not args.no_normalize, l2=args.l2, random_state=args.seed,
+                  threads=args.threads, parallel=args.parallel, normalize=not args.no_normalize, l2=args.l2, random_state=args.seed,
                   verbose=1)
     if args.model == "lr":
         clf = SparseLogisticRegression(learning_rate=args.lr or 0.01, **common)
@@ -235,6 +235,9 @@ def build_parser():
     t.add_argument("--lr", type=float, default=None, help="learning rate (default 0.01 for lr, 0.001 for mlp)")
     t.add_argument("--optimizer", default="lazy_adam", choices=["sgd", "lazy_adam", "adagrad", "ftrl"])
     t.add_argument("--threads", type=int, default=0, help="worker threads, 0 = all cores (default)")
+    t.add_argument("--parallel", default="hogwild", choices=["hogwild", "columns"],
+                   help="hogwild: threads train their own batches lock-free; columns: threads split each batch's "
+                        "columns (bit-identical for any --threads)")
     t.add_argument("--sparse-width", type=int, default=50)
     t.add_argument("--hidden", default="64,16", help="dense layer sizes, e.g. 64,16 (or 'none')")
     t.add_argument("--l2", type=float, default=0.0)
