@@ -124,7 +124,8 @@ def train(est, csr, targets, weights, epochs, *, evals=(), eval_every=None, earl
             state["batches_done"] = target
             state["samples_seen"] += report["samples"]
             state["seconds"] += report["seconds"]
-            state["loss_sum"] += sum(report["epoch_losses"]) * report["samples"] / max(len(report["epoch_losses"]), 1)
+            # A segment never crosses an epoch boundary: one mean loss over its samples.
+            state["loss_sum"] += report["epoch_losses"][-1] * report["samples"]
             state["loss_samples"] += report["samples"]
             stop = False
             if plan.eval_due(target):

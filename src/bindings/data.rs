@@ -12,7 +12,7 @@ use std::path::PathBuf;
 
 use crate::data::hashing;
 use crate::data::readers::source::{read_all, resolve};
-use crate::data::readers::{collision_stats, ReaderSpec};
+use crate::data::readers::{collision_stats, hashed_key_stats, ReaderSpec};
 use crate::data::OwnedCsr;
 use crate::invalid;
 
@@ -122,10 +122,7 @@ fn read_files<'py>(
     let (chunk, n_features, stats) = detach(py, || {
         let resolved = resolve(&paths, &spec, binary)?;
         let chunk = read_all(&paths, &resolved, collect_keys && spec.is_hashed())?;
-        let stats = match (&chunk.keys, spec.is_hashed()) {
-            (Some(keys), true) => Some(collision_stats(keys, spec.bits()?)),
-            _ => None,
-        };
+        let stats = hashed_key_stats(chunk.keys.as_ref(), &spec)?;
         Ok((chunk, resolved.n_features, stats))
     })?;
     let weights = chunk.weights.map(|w| w.into_pyarray(py));

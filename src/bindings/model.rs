@@ -194,10 +194,7 @@ impl PySparseModel {
                 &options,
                 &mut on_progress,
             )?;
-            let stats = match (&report.keys, spec.is_hashed()) {
-                (Some(keys), true) => Some(crate::data::readers::collision_stats(keys, spec.bits()?)),
-                _ => None,
-            };
+            let stats = crate::data::readers::hashed_key_stats(report.keys.as_ref(), &spec)?;
             Ok((report, resolved.n_features, stats))
         });
         if let Some(e) = callback_error {

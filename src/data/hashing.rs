@@ -6,6 +6,7 @@
 //!   in different fields land in different slots;
 //! - a numeric field `f` (value kept as the feature value): `murmur3(f ++ 0x00) mod 2^bits`;
 //! - a 64-bit integer key `k` (DataRecord style): `murmur3(k as 8 little-endian bytes) mod 2^bits`.
+//!
 //! These formulas are part of the file and model format: changing them changes every id.
 
 #[inline]

@@ -110,14 +110,18 @@ impl Iterator for Tee {
             Some(Ok(chunk)) => {
                 if let Some(w) = &mut self.writer {
                     if let Err(e) = w.write(&chunk) {
-                        self.writer.take().map(CacheWriter::abandon);
+                        if let Some(w) = self.writer.take() {
+                            w.abandon();
+                        }
                         return Some(Err(e));
                     }
                 }
                 Some(Ok(chunk))
             }
             Some(Err(e)) => {
-                self.writer.take().map(CacheWriter::abandon);
+                if let Some(w) = self.writer.take() {
+                    w.abandon();
+                }
                 Some(Err(e))
             }
             None => {

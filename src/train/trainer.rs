@@ -135,27 +135,27 @@ impl EpochState {
     }
 }
 
-/// One worker: takes batches until `end_batch` or until someone asked to stop.
+/// One worker: takes batches until `end_batch` or until someone asked to stop, training each
+/// with `train_batch` (Hogwild: the model's own step; columns: the column-partitioned step).
+#[allow(clippy::too_many_arguments)]
 fn work<P: Idx, I: Idx>(
-    model: &Model,
     data: &TrainData<'_, P, I>,
     order: &[u32],
     batch_size: usize,
     end_batch: usize,
     state: &EpochState,
+    mut train_batch: impl FnMut(&Batch<'_, '_, P, I>) -> Result<f64>,
     mut tick: impl FnMut() -> Result<()>,
 ) {
-    let mut ws = model.workspace();
-    let n_batches = end_batch;
     let mut loss_sum = 0.0;
     while !state.stop.load(Relaxed) {
         let b = state.next_batch.fetch_add(1, Relaxed);
-        if b >= n_batches {
+        if b >= end_batch {
             break;
         }
         let rows = &order[b * batch_size..((b + 1) * batch_size).min(order.len())];
         let batch = Batch { x: &data.x, rows, targets: data.targets, weights: data.weights };
-        match model.train_batch(&batch, &mut ws) {
+        match train_batch(&batch) {
             Ok(loss) => loss_sum += loss * rows.len() as f64,
             Err(e) => {
                 state.fail(e);
@@ -231,30 +231,15 @@ pub fn fit<P: Idx, I: Idx>(
             Some(pool) if columns => {
                 let mut ws = model.workspace();
                 let mut parts = super::columns::split_columns(model.config.sparse_width, threads);
-                let mut loss_sum = 0.0;
-                while !state.stop.load(Relaxed) {
-                    let b = state.next_batch.fetch_add(1, Relaxed);
-                    if b >= end_batch {
-                        break;
-                    }
-                    let rows = &order[b * options.batch_size..((b + 1) * options.batch_size).min(order.len())];
-                    let batch = crate::model::Batch { x: &data.x, rows, targets: data.targets, weights: data.weights };
-                    match super::columns::train_batch_columns(model, &batch, &mut ws, &mut parts, pool) {
-                        Ok(loss) => loss_sum += loss * rows.len() as f64,
-                        Err(e) => {
-                            state.fail(e);
-                            break;
-                        }
-                    }
-                    state.samples_done.fetch_add(rows.len() as u64, Relaxed);
+                let mut tick = || {
                     if last_report.elapsed() >= options.progress_every {
                         last_report = Instant::now();
-                        if let Err(e) = on_progress(&progress(state.samples_done.load(Relaxed))) {
-                            state.fail(e);
-                        }
+                        on_progress(&progress(state.samples_done.load(Relaxed)))?;
                     }
-                }
-                *state.loss_sum.lock().unwrap_or_else(|p| p.into_inner()) += loss_sum;
+                    Ok(())
+                };
+                let train = |batch: &Batch<'_, '_, P, I>| super::columns::train_batch_columns(model, batch, &mut ws, &mut parts, pool);
+                work(data, &order, options.batch_size, end_batch, &state, train, &mut tick);
             }
             None => {
                 let mut tick = || {
@@ -264,14 +249,17 @@ pub fn fit<P: Idx, I: Idx>(
                     }
                     Ok(())
                 };
-                work(model, data, &order, options.batch_size, end_batch, &state, &mut tick);
+                let mut ws = model.workspace();
+                work(data, &order, options.batch_size, end_batch, &state, |b| model.train_batch(b, &mut ws), &mut tick);
             }
             Some(pool) => {
                 let finished = AtomicUsize::new(0);
                 pool.in_place_scope(|scope| {
                     for _ in 0..threads {
                         scope.spawn(|_| {
-                            work(model, data, &order, options.batch_size, end_batch, &state, || Ok(()));
+                            let mut ws = model.workspace();
+                            let train = |b: &Batch<'_, '_, P, I>| model.train_batch(b, &mut ws);
+                            work(data, &order, options.batch_size, end_batch, &state, train, || Ok(()));
                             finished.fetch_add(1, Relaxed);
                         });
                     }

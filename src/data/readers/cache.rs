@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use super::source::Chunk;
 use crate::data::csr::OwnedCsr;
 use crate::error::{Error, Result};
-use crate::rng::mix64;
+use crate::checkpoint::checksum;
 
 const MAGIC: &[u8; 8] = b"SLCACHE1";
 const END: u64 = u64::MAX;
@@ -32,18 +32,6 @@ pub fn cache_key(paths: &[PathBuf], settings: &str) -> Result<String> {
         files.push(serde_json::json!({"path": abs.display().to_string(), "size": meta.len(), "mtime_ns": mtime.to_string()}));
     }
     Ok(serde_json::json!({"settings": settings, "files": files}).to_string())
-}
-
-fn checksum(state: u64, bytes: &[u8]) -> u64 {
-    let mut h = state;
-    let mut chunks = bytes.chunks_exact(8);
-    for c in &mut chunks {
-        h = mix64(h ^ u64::from_le_bytes(c.try_into().unwrap()));
-    }
-    for &b in chunks.remainder() {
-        h = mix64(h ^ b as u64);
-    }
-    h
 }
 
 pub struct CacheWriter {

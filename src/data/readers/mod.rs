@@ -281,6 +281,15 @@ impl LineParser for BinaryLabels {
     }
 }
 
+/// (distinct keys, distinct slots) of what a hashed format read; None for svmlight or when no
+/// keys were collected.
+pub fn hashed_key_stats(keys: Option<&KeySet>, spec: &ReaderSpec) -> Result<Option<(usize, usize)>> {
+    match (keys, spec.is_hashed()) {
+        (Some(keys), true) => Ok(Some(collision_stats(keys, spec.bits()?))),
+        _ => Ok(None),
+    }
+}
+
 /// Builds the line parser for `spec`. `header` is the first line of a CSV file; `binary`
 /// checks and maps labels for a classifier.
 pub fn make_parser(
