@@ -35,13 +35,15 @@ impl SharedF32 {
         // as `u32`, per the std docs). The pointer comes from the global allocator with exactly
         // the layout `Vec<AtomicU32>` uses for capacity n, so `Vec::from_raw_parts` may own and
         // later free it.
-        unsafe {
+        let data = unsafe {
             let ptr = std::alloc::alloc_zeroed(layout) as *mut AtomicU32;
             if ptr.is_null() {
                 return Err(alloc_error(n));
             }
-            Ok(Self { data: Vec::from_raw_parts(ptr, n, n) })
-        }
+            Vec::from_raw_parts(ptr, n, n)
+        };
+        advise_huge_pages(&data);
+        Ok(Self { data })
     }
 
     pub fn filled(n: usize, value: f32) -> Result<Self> {
@@ -174,6 +176,31 @@ impl SharedF32 {
             a.store(v.to_bits(), Relaxed);
         }
     }
+}
+
+/// Asks Linux to back a large table with 2 MiB pages. Rows of a big embedding table are read
+/// at random; with 4 KiB pages nearly every row costs a TLB miss and a page walk, with 2 MiB
+/// pages the whole table fits the TLB's reach. Pages are still committed lazily, on first touch.
+fn advise_huge_pages(data: &[AtomicU32]) {
+    #[cfg(target_os = "linux")]
+    {
+        const HUGE: usize = 2 << 20;
+        let start = data.as_ptr() as usize;
+        let end = start + std::mem::size_of_val(data);
+        let aligned_start = start.div_ceil(HUGE) * HUGE;
+        let aligned_end = end / HUGE * HUGE;
+        if aligned_end > aligned_start {
+            // SAFETY: [aligned_start, aligned_end) lies inside the live allocation `data`.
+            // MADV_HUGEPAGE only changes how the kernel backs those pages (contents, validity
+            // and ownership are unchanged), and a failure (e.g. THP disabled) is harmless, so
+            // the result is ignored.
+            unsafe {
+                libc::madvise(aligned_start as *mut libc::c_void, aligned_end - aligned_start, libc::MADV_HUGEPAGE);
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = data;
 }
 
 /// Load helpers for rows of atomics.
