@@ -132,13 +132,21 @@ pub fn train_batch_columns<P: Idx, I: Idx>(
     let step = model.config.optimizer.step(t);
     {
         let ids = &ws.slots.ids;
+        let n_parts = parts.len();
         pool.scope(|s| {
-            for part in parts.iter_mut() {
+            for (t, part) in parts.iter_mut().enumerate() {
                 s.spawn(move |_| {
                     let p = part;
                     let (c0, cw) = (p.cols.start, p.cols.len());
                     p.undo.clear();
-                    p.ok = step.apply_row_range(&sparse.weight, 0, ids, width, c0, cw, &p.grad, &mut p.undo)
+                    // A row of W is rarely a whole number of cache lines, so neighbouring column
+                    // ranges share a line in most rows. Each thread starts at its own point of
+                    // the row list, so two threads do not write the same line at the same time.
+                    let k = ids.len() * t / n_parts;
+                    let (first, second) = (ids.split_at(k).1, ids.split_at(k).0);
+                    let (g_first, g_second) = (&p.grad[k * cw..], &p.grad[..k * cw]);
+                    p.ok = step.apply_row_range(&sparse.weight, 0, first, width, c0, cw, g_first, &mut p.undo)
+                        && step.apply_row_range(&sparse.weight, 0, second, width, c0, cw, g_second, &mut p.undo)
                         && step.apply_row_range(&sparse.bias, 2, &[0], 0, c0, cw, &p.bias_grad, &mut p.undo);
                 });
             }
