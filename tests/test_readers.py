@@ -192,3 +192,11 @@ def test_discretizer_calibrated_on_a_file_sample_and_applied_while_streaming(rea
     p = clf.predict_proba(Xt)[:, 1]
     assert sparselin.metrics.roc_auc(yt, p) > 0.69
     assert clf.history_[-1]["eval_auc"] == pytest.approx(sparselin.metrics.roc_auc(yt, p))
+
+
+def test_head_reads_exactly_the_rows_asked_for(real_data):
+    data = sparselin.FileData(real_data / "a9a", n_features=123, zero_based=False, window=65536)
+    X, y = data.head(20000)  # more than the first streamed window
+    Xs, ys = load_svmlight_file(str(real_data / "a9a"), n_features=123)
+    assert X.shape == (20000, 123) and abs(X - Xs[:20000].astype(np.float32)).max() == 0
+    assert np.array_equal(y, ys[:20000])

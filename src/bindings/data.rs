@@ -134,20 +134,11 @@ fn read_files<'py>(
 #[pyfunction]
 fn read_head<'py>(py: Python<'py>, paths: Vec<PathBuf>, spec_json: &str, binary: bool, max_rows: usize) -> PyResult<(CsrArrays<'py>, Bound<'py, PyArray1<f32>>, usize)> {
     let spec = reader_spec(spec_json)?;
-    let (matrix, labels, n_features) = detach(py, || {
+    let (chunk, n_features) = detach(py, || {
         let resolved = resolve(&paths, &spec, binary)?;
-        let mut source = crate::data::readers::source::FileSource::new(paths.clone(), resolved.clone(), max_rows.max(1), false)?;
-        let chunk = match source.next() {
-            Some(c) => c?,
-            None => return Ok((OwnedCsr { indptr: vec![0], indices: vec![], values: vec![], n_features: resolved.n_features }, vec![], resolved.n_features)),
-        };
-        let rows = chunk.labels.len().min(max_rows);
-        let end = chunk.matrix.indptr[rows] as usize;
-        let m = chunk.matrix;
-        let head = OwnedCsr { indptr: m.indptr[..=rows].to_vec(), indices: m.indices[..end].to_vec(), values: m.values[..end].to_vec(), n_features: m.n_features };
-        Ok((head, chunk.labels[..rows].to_vec(), resolved.n_features))
+        Ok((crate::data::readers::source::read_head(&paths, &resolved, max_rows)?, resolved.n_features))
     })?;
-    Ok((csr_to_numpy(py, matrix), labels.into_pyarray(py), n_features))
+    Ok((csr_to_numpy(py, chunk.matrix), chunk.labels.into_pyarray(py), n_features))
 }
 
 /// (n_features, zero_based) the files resolve to (svmlight: one streaming pass when the user

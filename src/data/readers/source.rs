@@ -160,6 +160,28 @@ fn finish(mut parsed: Parsed, n_features: usize) -> Chunk {
     Chunk { matrix, labels, weights, keys }
 }
 
+/// The first `max_rows` rows of the files (a calibration sample), reading only as much of the
+/// files as that needs.
+pub fn read_head(paths: &[PathBuf], resolved: &Resolved, max_rows: usize) -> Result<Chunk> {
+    let mut head = Parsed::default();
+    let mut source = FileSource::new(paths.to_vec(), resolved.clone(), max_rows.max(1), false)?;
+    while head.n_rows() < max_rows {
+        let Some(chunk) = source.next() else { break };
+        let chunk = chunk?;
+        let take = chunk.labels.len().min(max_rows - head.n_rows());
+        let end = chunk.matrix.indptr[take] as usize;
+        head.append(Parsed {
+            row_ends: chunk.matrix.indptr[1..=take].to_vec(),
+            indices: chunk.matrix.indices[..end].to_vec(),
+            values: chunk.matrix.values[..end].to_vec(),
+            labels: chunk.labels[..take].to_vec(),
+            weights: chunk.weights.map_or_else(|| vec![1.0; take], |w| w[..take].to_vec()),
+            ..Default::default()
+        });
+    }
+    Ok(finish(head, resolved.n_features))
+}
+
 /// Resolves a spec against the files: for svmlight without n_features or id base, one
 /// streaming pass finds the smallest and largest id.
 pub fn resolve(paths: &[PathBuf], spec: &ReaderSpec, binary: bool) -> Result<Resolved> {
