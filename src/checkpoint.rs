@@ -43,24 +43,36 @@ fn to_le_bytes(values: &[f32]) -> Vec<u8> {
 }
 
 pub fn to_bytes(model: &Model, extra: &str) -> Result<Vec<u8>> {
-    let tensors = model.tensors();
+    let tensors = model.tensors().into_iter().map(|(name, shape, t)| (name, shape, t.to_vec())).collect();
+    let config = serde_json::to_string(&model.config).map_err(|e| Error::Io(e.to_string()))?;
+    tensors_to_bytes(
+        tensors,
+        vec![
+            ("config", config),
+            ("step", model.step.load(Relaxed).to_string()),
+            ("epochs_done", model.epochs_done.load(Relaxed).to_string()),
+            ("batches_into_epoch", model.batches_into_epoch.load(Relaxed).to_string()),
+            ("extra", extra.to_string()),
+        ],
+    )
+}
+
+/// Named f32 tensors as safetensors bytes, with `metadata` plus the format name and version, the
+/// library version and a checksum of the tensor bytes (in name order). Model files and
+/// parameter-shard checkpoints are both written here.
+pub(crate) fn tensors_to_bytes(tensors: Vec<(String, Vec<usize>, Vec<f32>)>, metadata: Vec<(&str, String)>) -> Result<Vec<u8>> {
     let mut data: Vec<(String, Vec<usize>, Vec<u8>)> =
-        tensors.iter().map(|(name, shape, t)| (name.clone(), shape.clone(), to_le_bytes(&t.to_vec()))).collect();
+        tensors.into_iter().map(|(name, shape, values)| (name, shape, to_le_bytes(&values))).collect();
     data.sort_by(|a, b| a.0.cmp(&b.0));
     let sum = data.iter().fold(0u64, |s, (_, _, bytes)| checksum(s, bytes));
-    let config = serde_json::to_string(&model.config).map_err(|e| Error::Io(e.to_string()))?;
     let metadata: HashMap<String, String> = [
         ("format", FORMAT.to_string()),
         ("format_version", FORMAT_VERSION.to_string()),
         ("library_version", env!("CARGO_PKG_VERSION").to_string()),
-        ("config", config),
-        ("step", model.step.load(Relaxed).to_string()),
-        ("epochs_done", model.epochs_done.load(Relaxed).to_string()),
-        ("batches_into_epoch", model.batches_into_epoch.load(Relaxed).to_string()),
         ("checksum", format!("{sum:016x}")),
-        ("extra", extra.to_string()),
     ]
     .into_iter()
+    .chain(metadata)
     .map(|(k, v)| (k.to_string(), v))
     .collect();
     let views = data
@@ -69,8 +81,81 @@ pub fn to_bytes(model: &Model, extra: &str) -> Result<Vec<u8>> {
             TensorView::new(Dtype::F32, shape.clone(), bytes).map(|v| (name.clone(), v))
         })
         .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| Error::Io(format!("cannot serialize the model: {e}")))?;
-    safetensors::tensor::serialize(views, Some(metadata)).map_err(|e| Error::Io(format!("cannot serialize the model: {e}")))
+        .map_err(|e| Error::Io(format!("cannot serialize the tensors: {e}")))?;
+    safetensors::tensor::serialize(views, Some(metadata)).map_err(|e| Error::Io(format!("cannot serialize the tensors: {e}")))
+}
+
+/// A sparselin safetensors file whose format and version were checked; tensors are read after
+/// `verify` has checked their names, shapes and checksum.
+pub(crate) struct TensorFile<'a> {
+    pub meta: HashMap<String, String>,
+    st: SafeTensors<'a>,
+}
+
+impl<'a> TensorFile<'a> {
+    pub fn open(bytes: &'a [u8]) -> Result<Self> {
+        let corrupt = |e: &dyn std::fmt::Display| bad(format!("not a readable sparselin model file (truncated or corrupted?): {e}"));
+        let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| corrupt(&e))?;
+        let st = SafeTensors::deserialize(bytes).map_err(|e| corrupt(&e))?;
+        let file = Self { meta: header.metadata().clone().unwrap_or_default(), st };
+        if file.field("format")? != FORMAT {
+            return Err(bad("not a sparselin model file (metadata 'format' is not 'sparselin')"));
+        }
+        let version = file.field("format_version")?;
+        if version != FORMAT_VERSION.to_string() {
+            return Err(bad(format!(
+                "model file format version {version} (written by sparselin {}) cannot be read by sparselin {} (format version {FORMAT_VERSION})",
+                file.meta.get("library_version").map_or("?", |s| s.as_str()),
+                env!("CARGO_PKG_VERSION")
+            )));
+        }
+        Ok(file)
+    }
+
+    pub fn field(&self, k: &str) -> Result<String> {
+        self.meta.get(k).cloned().ok_or_else(|| bad(format!("model file metadata has no '{k}': not a sparselin model file")))
+    }
+
+    pub fn number(&self, k: &str) -> Result<u64> {
+        self.field(k)?.parse().map_err(|_| bad(format!("metadata '{k}' is not a number")))
+    }
+
+    /// Checks that the file holds exactly the `expected` tensors (F32, those shapes) and that
+    /// their bytes match the checksum.
+    pub fn verify(&self, expected: &[(String, Vec<usize>)]) -> Result<()> {
+        if self.st.len() != expected.len() {
+            return Err(bad(format!("model file has {} tensors, expected {}", self.st.len(), expected.len())));
+        }
+        let mut names: Vec<&(String, Vec<usize>)> = expected.iter().collect();
+        names.sort();
+        let mut sum = 0u64;
+        for (name, shape) in names {
+            let view = self.st.tensor(name).map_err(|_| bad(format!("model file has no tensor '{name}'")))?;
+            if view.dtype() != Dtype::F32 || view.shape() != shape.as_slice() {
+                return Err(bad(format!(
+                    "tensor '{name}' is {:?} {:?} in the file but the model needs F32 {shape:?}",
+                    view.dtype(),
+                    view.shape()
+                )));
+            }
+            sum = checksum(sum, view.data());
+        }
+        if format!("{sum:016x}") != self.field("checksum")? {
+            return Err(bad("model file checksum does not match its contents: the file is corrupted or was modified"));
+        }
+        Ok(())
+    }
+
+    /// Copies tensor `name` into `into` (same length, checked by `verify`).
+    pub fn read_into(&self, name: &str, into: &crate::train::SharedF32) -> Result<()> {
+        let data = self.st.tensor(name).map_err(|_| bad(format!("model file has no tensor '{name}'")))?.data();
+        let values: Vec<f32> = data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        if values.len() != into.len() {
+            return Err(bad(format!("tensor '{name}' has {} values, expected {}", values.len(), into.len())));
+        }
+        into.copy_from(&values);
+        Ok(())
+    }
 }
 
 /// Writes `bytes` to `path` so that a crash leaves either the old file or the new one.
@@ -107,7 +192,7 @@ pub fn save(model: &Model, path: &Path, extra: &str) -> Result<()> {
     write_atomically(path, &to_bytes(model, extra)?)
 }
 
-fn bad(msg: impl std::fmt::Display) -> Error {
+pub(crate) fn bad(msg: impl std::fmt::Display) -> Error {
     Error::BadModelFile(msg.to_string())
 }
 
@@ -118,25 +203,15 @@ pub fn from_bytes(bytes: &[u8]) -> Result<Loaded> {
 /// Reads a model file. With `inference_only`, optimizer state is checked (checksum) but not
 /// kept: the model holds only what prediction needs.
 pub fn read_model(bytes: &[u8], inference_only: bool) -> Result<Loaded> {
-    let corrupt = |e: &dyn std::fmt::Display| bad(format!("not a readable sparselin model file (truncated or corrupted?): {e}"));
-    let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| corrupt(&e))?;
-    let st = SafeTensors::deserialize(bytes).map_err(|e| corrupt(&e))?;
-    let meta = header.metadata().clone().unwrap_or_default();
-    let field = |k: &str| meta.get(k).cloned().ok_or_else(|| bad(format!("model file metadata has no '{k}': not a sparselin model file")));
-    if field("format")? != FORMAT {
-        return Err(bad("not a sparselin model file (metadata 'format' is not 'sparselin')"));
-    }
-    let version = field("format_version")?;
-    if version != FORMAT_VERSION.to_string() {
+    let file = TensorFile::open(bytes)?;
+    if let Some(shard) = file.meta.get("shard") {
         return Err(bad(format!(
-            "model file format version {version} (written by sparselin {}) cannot be read by sparselin {} (format version {FORMAT_VERSION})",
-            meta.get("library_version").map_or("?", |s| s.as_str()),
-            env!("CARGO_PKG_VERSION")
+            "this is the checkpoint of parameter-server shard {shard}, not a model: \
+             sparselin.distributed assembles the model from all shards"
         )));
     }
     let mut config: ModelConfig =
-        serde_json::from_str(&field("config")?).map_err(|e| bad(format!("model config in the file is invalid: {e}")))?;
-    let parse_u64 = |k: &str| -> Result<u64> { field(k)?.parse().map_err(|_| bad(format!("metadata '{k}' is not a number"))) };
+        serde_json::from_str(&file.field("config")?).map_err(|e| bad(format!("model config in the file is invalid: {e}")))?;
     // The file holds every tensor of the model its config describes: checked first, so that a
     // damaged config (e.g. a huge layer size) cannot make the probe below allocate gigabytes.
     if config.memory_bytes() > bytes.len() as u128 {
@@ -157,39 +232,18 @@ pub fn read_model(bytes: &[u8], inference_only: bool) -> Result<Loaded> {
             })
             .collect()
     };
-    if st.len() != expected.len() {
-        return Err(bad(format!("model file has {} tensors, expected {}", st.len(), expected.len())));
-    }
-    let mut names: Vec<&(String, Vec<usize>)> = expected.iter().collect();
-    names.sort();
-    let mut sum = 0u64;
-    for (name, shape) in &names {
-        let view = st.tensor(name).map_err(|_| bad(format!("model file has no tensor '{name}'")))?;
-        if view.dtype() != Dtype::F32 || view.shape() != shape.as_slice() {
-            return Err(bad(format!(
-                "tensor '{name}' is {:?} {:?} in the file but the model needs F32 {shape:?}",
-                view.dtype(),
-                view.shape()
-            )));
-        }
-        sum = checksum(sum, view.data());
-    }
-    if format!("{sum:016x}") != field("checksum")? {
-        return Err(bad("model file checksum does not match its contents: the file is corrupted or was modified"));
-    }
+    file.verify(&expected)?;
     if inference_only {
         config.optimizer.kind = crate::optim::OptimizerKind::Sgd;
     }
     let model = Model::new(config).map_err(|e| bad(format!("model config in the file is invalid: {e}")))?;
     for (name, _, tensor) in model.tensors() {
-        let data = st.tensor(&name).map_err(|_| bad(format!("model file has no tensor '{name}'")))?.data();
-        let values: Vec<f32> = data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
-        tensor.copy_from(&values);
+        file.read_into(&name, tensor)?;
     }
-    model.step.store(parse_u64("step")?, Relaxed);
-    model.epochs_done.store(parse_u64("epochs_done")?, Relaxed);
-    model.batches_into_epoch.store(parse_u64("batches_into_epoch")?, Relaxed);
-    Ok(Loaded { model, extra: meta.get("extra").cloned().unwrap_or_default() })
+    model.step.store(file.number("step")?, Relaxed);
+    model.epochs_done.store(file.number("epochs_done")?, Relaxed);
+    model.batches_into_epoch.store(file.number("batches_into_epoch")?, Relaxed);
+    Ok(Loaded { model, extra: file.meta.get("extra").cloned().unwrap_or_default() })
 }
 
 pub fn load(path: &Path) -> Result<Loaded> {

@@ -7,6 +7,7 @@
 
 pub mod checkpoint;
 pub mod data;
+pub mod distributed;
 pub mod error;
 pub mod features;
 pub mod metrics;

@@ -66,6 +66,18 @@ def _file_data(args, paths, n_features=None):
                     delimiter=args.delimiter, window=args.window, cache=args.cache or None)
 
 
+def _estimator(args, n_features, verbose=1):
+    """(classifier, description) from the model options."""
+    common = dict(n_features=n_features, optimizer=args.optimizer, batch_size=args.batch_size, epochs=args.epochs,
+                  threads=args.threads, parallel=args.parallel, normalize=not args.no_normalize, l2=args.l2, random_state=args.seed,
+                  verbose=verbose)
+    if args.model == "lr":
+        return SparseLogisticRegression(learning_rate=args.lr or 0.01, **common), "LR (sparse width 1)"
+    hidden = _parse_hidden(args.hidden)
+    clf = SparseMLPClassifier(sparse_width=args.sparse_width, hidden=hidden, learning_rate=args.lr or 1e-3, **common)
+    return clf, f"MLP (sparse {args.sparse_width} -> {' -> '.join(map(str, hidden + (1,)))})"
+
+
 def cmd_train(args):
     stream = None
     X = y = Xt = yt = None
@@ -99,17 +111,7 @@ def cmd_train(args):
     n_features = None if args.paths else args.n_features
     if discretizer is not None:
         n_features = 2**args.discretize_bits
-    common = dict(n_features=n_features, optimizer=args.optimizer, batch_size=args.batch_size, epochs=args.epochs,
-                  threads=args.threads, parallel=args.parallel, normalize=not args.no_normalize, l2=args.l2, random_state=args.seed,
-                  verbose=1)
-    if args.model == "lr":
-        clf = SparseLogisticRegression(learning_rate=args.lr or 0.01, **common)
-        arch = "LR (sparse width 1)"
-    else:
-        hidden = _parse_hidden(args.hidden)
-        clf = SparseMLPClassifier(sparse_width=args.sparse_width, hidden=hidden, learning_rate=args.lr or 1e-3,
-                                  **common)
-        arch = f"MLP (sparse {args.sparse_width} -> {' -> '.join(map(str, hidden + (1,)))})"
+    clf, arch = _estimator(args, n_features)
     if stream is None:
         print(f"data: {source}: {X.shape[0]:,} rows, {X.shape[1]:,} features, {X.nnz / max(X.shape[0], 1):.1f} non-zeros/row")
     else:
@@ -210,6 +212,54 @@ def _reader_options(p):
         p.add_argument(name)
 
 
+def _model_options(p):
+    p.add_argument("--model", default="mlp", choices=["lr", "mlp"])
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default 0.01 for lr, 0.001 for mlp)")
+    p.add_argument("--optimizer", default="lazy_adam", choices=["sgd", "lazy_adam", "adagrad", "ftrl"])
+    p.add_argument("--threads", type=int, default=0, help="worker threads, 0 = all cores (default)")
+    p.add_argument("--parallel", default="hogwild", choices=["hogwild", "columns"],
+                   help="hogwild: threads train their own batches lock-free; columns: threads split each batch's "
+                        "columns (bit-identical for any --threads)")
+    p.add_argument("--sparse-width", type=int, default=50)
+    p.add_argument("--hidden", default="64,16", help="dense layer sizes, e.g. 64,16 (or 'none')")
+    p.add_argument("--l2", type=float, default=0.0)
+    p.add_argument("--no-normalize", action="store_true", help="turn off online max-abs normalization")
+    p.add_argument("--n-features", type=int, default=None, help="feature id space (default: from the data, 2^20 synthetic)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def cmd_train_distributed(args):
+    from . import distributed
+
+    clf, arch = _estimator(args, args.n_features, verbose=0)
+    print(f"model: {arch}, {clf.optimizer} lr={clf.learning_rate}, batch {args.batch_size}, {args.epochs} epoch(s); "
+          f"{args.mode} on Ray ({args.address}): {args.workers} workers"
+          + (f", {args.shards} shards" if args.mode == "parameter_server" else f", sync every {args.sync_every} batches"))
+    data = FileData(args.paths, format=args.format, bits=args.bits, n_features=args.n_features, label=args.label,
+                    numeric=_split(args.numeric), categorical=_split(args.categorical), ignore=_split(args.ignore),
+                    delimiter=args.delimiter)
+    clf = distributed.train(clf, data, mode=args.mode,
+                            workers=args.workers, shards=args.shards, staleness=args.staleness,
+                            sync_every=args.sync_every, checkpoint_dir=args.checkpoint_dir, address=args.address)
+    stats = clf.distributed_stats_
+    print(f"trained {clf.history_[-1]['samples']:,} samples in {stats['seconds']:.2f} s: "
+          f"{stats['samples_per_second']:,.0f} samples/s in all (train loss {stats['train_loss']:.4f})")
+    for w, ws in enumerate(stats["workers"]):
+        moved = "".join(f", {k.replace('_per_batch', '').replace('_', ' ')} {v / 1e3:,.1f} kB/batch"
+                        for k, v in ws.items() if k.startswith("bytes_"))
+        print(f"  worker {w}: {ws['samples_per_second']:,.0f} samples/s{moved}")
+    if args.test:
+        Xt, yt, _, _ = FileData([args.test], format=args.format, bits=args.bits,
+                                n_features=clf.n_features_in_).read(binary=True)
+        _report(clf, Xt, yt, "test")
+    if args.save:
+        clf.save(args.save)
+        print(f"saved {args.save}")
+    return 0
+
+
 def build_parser():
     ap = argparse.ArgumentParser(prog="sparselin", description="Fast sparse LR / MLP training for CTR data.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -229,23 +279,9 @@ def build_parser():
     t.add_argument("--categorical", help="CSV categorical columns (default: all others)")
     t.add_argument("--ignore", help="CSV columns to skip, comma-separated")
     t.add_argument("--delimiter", help="CSV delimiter (default ,)")
-    t.add_argument("--model", default="mlp", choices=["lr", "mlp"])
-    t.add_argument("--epochs", type=int, default=1)
-    t.add_argument("--batch-size", type=int, default=512)
-    t.add_argument("--lr", type=float, default=None, help="learning rate (default 0.01 for lr, 0.001 for mlp)")
-    t.add_argument("--optimizer", default="lazy_adam", choices=["sgd", "lazy_adam", "adagrad", "ftrl"])
-    t.add_argument("--threads", type=int, default=0, help="worker threads, 0 = all cores (default)")
-    t.add_argument("--parallel", default="hogwild", choices=["hogwild", "columns"],
-                   help="hogwild: threads train their own batches lock-free; columns: threads split each batch's "
-                        "columns (bit-identical for any --threads)")
-    t.add_argument("--sparse-width", type=int, default=50)
-    t.add_argument("--hidden", default="64,16", help="dense layer sizes, e.g. 64,16 (or 'none')")
-    t.add_argument("--l2", type=float, default=0.0)
-    t.add_argument("--no-normalize", action="store_true", help="turn off online max-abs normalization")
-    t.add_argument("--n-features", type=int, default=None, help="feature id space (default: from the data, 2^20 synthetic)")
+    _model_options(t)
     t.add_argument("--rows", type=int, default=200_000, help="synthetic training rows")
     t.add_argument("--test-rows", type=int, default=50_000, help="synthetic test rows")
-    t.add_argument("--seed", type=int, default=0)
     t.add_argument("--save", metavar="MODEL", help="write the trained model (safetensors)")
     t.add_argument("--discretize", type=int, default=None, metavar="N_BINS",
                    help="train on percentile-bin features of the continuous features (twml's PercentileDiscretizer), "
@@ -262,6 +298,24 @@ def build_parser():
     t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint under --checkpoint")
     t.add_argument("--plot", metavar="PNG", help="draw learning curves (needs matplotlib)")
     t.set_defaults(func=cmd_train)
+
+    d = sub.add_parser("train-distributed", help="train on a Ray cluster (parameter server or model averaging)",
+                       description="Trains on Ray actors; needs pip install 'sparselin[ray]'. Each worker reads its "
+                                   "share of the files into memory.")
+    d.add_argument("paths", nargs="+", metavar="PATH", help="training file(s) or globs (gzip ok)")
+    _reader_options(d)
+    d.add_argument("--test", metavar="PATH", help="test file (same format)")
+    d.add_argument("--workers", type=int, default=2)
+    d.add_argument("--shards", type=int, default=2, help="parameter-server shards (mode parameter_server)")
+    d.add_argument("--mode", default="parameter_server", choices=["parameter_server", "average"])
+    d.add_argument("--address", default="local",
+                   help="'local' starts a private cluster on 127.0.0.1; 'auto' or ray://HOST:PORT joins one")
+    d.add_argument("--staleness", type=int, default=2, help="pushes in flight per worker (parameter_server)")
+    d.add_argument("--sync-every", type=int, default=16, help="batches between averagings (average)")
+    d.add_argument("--checkpoint-dir", metavar="DIR", help="shard / sync checkpoints (shared storage on a cluster)")
+    d.add_argument("--save", metavar="MODEL", help="write the trained model (safetensors)")
+    _model_options(d)
+    d.set_defaults(func=cmd_train_distributed)
 
     b = sub.add_parser("bench", help="the talk's table: samples/s of sparselin, the dense baseline and peers",
                        add_help=False)

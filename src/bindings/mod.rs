@@ -3,6 +3,7 @@
 
 mod checkpoint;
 mod data;
+mod distributed;
 mod errors;
 mod features;
 mod metrics;
@@ -19,5 +20,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     model::register(m)?;
     checkpoint::register(m)?;
     features::register(m)?;
+    distributed::register(m)?;
     Ok(())
 }

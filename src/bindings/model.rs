@@ -36,6 +36,65 @@ fn parse_task(task: &str) -> PyResult<Task> {
     }
 }
 
+/// The model config the Python estimators describe (`hidden=None`: the linear model).
+#[allow(clippy::too_many_arguments)]
+pub fn build_config(
+    n_features: usize,
+    sparse_width: usize,
+    hidden: Option<Vec<usize>>,
+    task: &str,
+    normalize: bool,
+    optimizer: &str,
+    learning_rate: f32,
+    l1: f32,
+    l2: f32,
+    seed: u64,
+) -> PyResult<ModelConfig> {
+    let config = ModelConfig {
+        n_features,
+        sparse_width,
+        head: match hidden {
+            None => Head::Linear,
+            Some(hidden) => Head::Mlp { hidden },
+        },
+        task: parse_task(task)?,
+        normalize,
+        optimizer: OptimizerConfig { kind: OptimizerKind::parse(optimizer).map_err(to_py)?, learning_rate, l1, l2 },
+        seed,
+    };
+    config.validate().map_err(to_py)?;
+    Ok(config)
+}
+
+/// The config as JSON, validated, without building the model (a distributed run's shards and
+/// workers each build their part of it).
+#[pyfunction]
+#[pyo3(signature = (n_features, sparse_width, hidden, task, normalize, optimizer, learning_rate, l1, l2, seed))]
+#[allow(clippy::too_many_arguments)]
+fn model_config_json(
+    n_features: usize,
+    sparse_width: usize,
+    hidden: Option<Vec<usize>>,
+    task: &str,
+    normalize: bool,
+    optimizer: &str,
+    learning_rate: f32,
+    l1: f32,
+    l2: f32,
+    seed: u64,
+) -> PyResult<String> {
+    let config = build_config(n_features, sparse_width, hidden, task, normalize, optimizer, learning_rate, l1, l2, seed)?;
+    serde_json::to_string(&config).map_err(|e| to_py(crate::invalid!("{e}")))
+}
+
+/// A config from `model_config_json` or `SparseModel.config_json`.
+pub fn parse_config(json: &str) -> PyResult<ModelConfig> {
+    let config: ModelConfig =
+        serde_json::from_str(json).map_err(|e| to_py(crate::invalid!("invalid model config JSON: {e}")))?;
+    config.validate().map_err(to_py)?;
+    Ok(config)
+}
+
 #[pymethods]
 impl PySparseModel {
     /// `hidden=None` builds the linear model (sparse_width must be 1).
@@ -55,18 +114,7 @@ impl PySparseModel {
         l2: f32,
         seed: u64,
     ) -> PyResult<Self> {
-        let config = ModelConfig {
-            n_features,
-            sparse_width,
-            head: match hidden {
-                None => Head::Linear,
-                Some(hidden) => Head::Mlp { hidden },
-            },
-            task: parse_task(task)?,
-            normalize,
-            optimizer: OptimizerConfig { kind: OptimizerKind::parse(optimizer).map_err(to_py)?, learning_rate, l1, l2 },
-            seed,
-        };
+        let config = build_config(n_features, sparse_width, hidden, task, normalize, optimizer, learning_rate, l1, l2, seed)?;
         Ok(Self { inner: detach(py, || Model::new(config))? })
     }
 
@@ -350,6 +398,14 @@ impl PySparseModel {
         Ok(())
     }
 
+    /// Puts the model at `batches` into its epoch number `epochs` (a distributed worker rolled
+    /// back to a synchronized checkpoint).
+    fn set_position(&self, epochs: u64, batches: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.inner.epochs_done.store(epochs, Relaxed);
+        self.inner.batches_into_epoch.store(batches, Relaxed);
+    }
+
     #[getter]
     fn step(&self) -> u64 {
         self.inner.step.load(std::sync::atomic::Ordering::Relaxed)
@@ -362,5 +418,6 @@ impl PySparseModel {
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(model_config_json, m)?)?;
     m.add_class::<PySparseModel>()
 }

@@ -138,7 +138,7 @@ pub struct Batch<'a, 'b, P: Idx, I: Idx> {
 }
 
 /// Sparse-layer init scale for an MLP: U(-1/sqrt(width), 1/sqrt(width)).
-fn sparse_init_scale(config: &ModelConfig) -> f32 {
+pub(crate) fn sparse_init_scale(config: &ModelConfig) -> f32 {
     match config.head {
         Head::Linear => 0.0,
         Head::Mlp { .. } => 1.0 / (config.sparse_width as f32).sqrt(),
