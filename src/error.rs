@@ -17,6 +17,8 @@ pub enum Error {
     Diverged(String),
     /// The user interrupted a long call (Python `KeyboardInterrupt` is re-raised by the binding).
     Interrupted,
+    /// What was asked needs something this machine lacks, e.g. a CUDA GPU (Python `RuntimeError`).
+    Unavailable(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -28,7 +30,8 @@ impl fmt::Display for Error {
             | Error::InvalidType(m)
             | Error::Io(m)
             | Error::BadModelFile(m)
-            | Error::Diverged(m) => f.write_str(m),
+            | Error::Diverged(m)
+            | Error::Unavailable(m) => f.write_str(m),
             Error::Interrupted => f.write_str("interrupted"),
         }
     }

@@ -10,6 +10,7 @@ pub mod data;
 pub mod distributed;
 pub mod error;
 pub mod features;
+pub mod gpu;
 pub mod metrics;
 pub mod model;
 pub mod optim;

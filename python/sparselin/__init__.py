@@ -5,7 +5,7 @@ under a scikit-learn style API.
 """
 
 from ._core import ModelFileError, TrainingDivergedError, __version__
-from . import datasets, metrics
+from . import datasets, gpu, metrics
 from .estimators import (
     SparseLogisticRegression,
     SparseMLPClassifier,
@@ -34,6 +34,7 @@ __all__ = [
     "Predictor",
     "plot_history",
     "datasets",
+    "gpu",
     "metrics",
     "ModelFileError",
     "TrainingDivergedError",

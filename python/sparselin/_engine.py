@@ -16,7 +16,7 @@ import re
 
 import numpy as np
 
-from . import _core
+from . import _core, gpu
 
 LOWER_IS_BETTER = {"logloss", "mse"}
 
@@ -104,6 +104,7 @@ def train(est, csr, targets, weights, epochs, *, evals=(), eval_every=None, earl
             os.makedirs(parent, exist_ok=True)
 
     model = est._core_model()  # once: a fit in another thread may replace est._model meanwhile
+    device = gpu.resolve(est.device)
     n_features = json.loads(model.config_json)["n_features"]
     bar = _progress_bar(est, plan.total_batches * plan.batch_size)
     first_segment = [True]
@@ -119,7 +120,7 @@ def train(est, csr, targets, weights, epochs, *, evals=(), eval_every=None, earl
             report = model.fit(
                 csr.indptr, csr.indices, csr.values, n_features, targets, weights, 1, plan.batch_size,
                 int(est.threads), True, progress, target - state["batches_done"],
-                not first_segment[0] or state["batches_done"] > 0, est.parallel)
+                not first_segment[0] or state["batches_done"] > 0, est.parallel, device)
             first_segment[0] = False
             state["batches_done"] = target
             state["samples_seen"] += report["samples"]

@@ -11,7 +11,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from . import metrics
-from ._core import ModelFileError, TrainingDivergedError
+from ._core import ModelFileError
 from .datasets import make_ctr
 from .discretizers import PercentileDiscretizer, load_discretizer
 from .estimators import SparseLogisticRegression, SparseMLPClassifier
@@ -70,7 +70,7 @@ def _estimator(args, n_features, verbose=1):
     """(classifier, description) from the model options."""
     common = dict(n_features=n_features, optimizer=args.optimizer, batch_size=args.batch_size, epochs=args.epochs,
                   threads=args.threads, parallel=args.parallel, normalize=not args.no_normalize, l2=args.l2, random_state=args.seed,
-                  verbose=verbose)
+                  verbose=verbose, device=args.device)
     if args.model == "lr":
         return SparseLogisticRegression(learning_rate=args.lr or 0.01, **common), "LR (sparse width 1)"
     hidden = _parse_hidden(args.hidden)
@@ -87,7 +87,7 @@ def cmd_train(args):
         if train.format == "svmlight":
             n_features = _file_data(args, args.paths + ([args.test] if args.test else []), args.n_features).resolve()[0]
             train = _file_data(args, args.paths, n_features)
-        if args.holdout or args.discretize:
+        if args.holdout or args.discretize or args.device != "cpu":  # the GPU trains from memory
             if args.holdout and not 0 < args.holdout < 1:
                 raise ValueError("--holdout must be a fraction in (0, 1)")
             X, y, _, _ = train.read(binary=True)  # --discretize transforms in memory
@@ -228,6 +228,8 @@ def _model_options(p):
     p.add_argument("--no-normalize", action="store_true", help="turn off online max-abs normalization")
     p.add_argument("--n-features", type=int, default=None, help="feature id space (default: from the data, 2^20 synthetic)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"],
+                   help="cuda: train on the GPU (data read into memory); auto: the GPU when there is one")
 
 
 def cmd_train_distributed(args):
@@ -346,7 +348,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, TypeError, OSError, TrainingDivergedError, ModelFileError) as e:
+    except (ValueError, TypeError, OSError, RuntimeError, ModelFileError) as e:
         print(f"sparselin {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -17,7 +17,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
-from . import _core, _engine
+from . import _core, _engine, gpu
 from . import metrics as _metrics
 from ._input import Csr, from_matrix, from_triple, is_path, is_triple
 from .io import FileData, load_svmlight
@@ -74,6 +74,8 @@ class _SparseEstimator(BaseEstimator):
         positive_int("predict_threads", self.predict_threads, minimum=0)
         if self.parallel not in ("hogwild", "columns"):
             raise ValueError(f"parallel must be 'hogwild' or 'columns', got {self.parallel!r}")
+        if self.device not in gpu.DEVICES:
+            raise ValueError(f"device must be one of {gpu.DEVICES}, got {self.device!r}")
 
     def _seed(self):
         rs = self.random_state
@@ -180,7 +182,8 @@ class _SparseEstimator(BaseEstimator):
     def _decision(self, csr: Csr):
         model = self._core_model()
         n_features = json.loads(model.config_json)["n_features"]
-        return model.decision_function(csr.indptr, csr.indices, csr.values, n_features, int(self.predict_threads))
+        return model.decision_function(csr.indptr, csr.indices, csr.values, n_features, int(self.predict_threads),
+                                       gpu.resolve(getattr(self, "device", "cpu")))
 
     # -- public API ------------------------------------------------------------------------
     def fit(self, X, y=None, sample_weight=None, eval_set=None, *, eval_every=None, early_stopping_rounds=None,
@@ -257,6 +260,9 @@ class _SparseEstimator(BaseEstimator):
     def _fit_files(self, data: FileData, epochs, eval_set, new_model):
         """Streams the files through the core trainer (bounded memory, background reader)."""
         binary = self._task == "binary"
+        if gpu.resolve(self.device) == "cuda":
+            raise ValueError("training on the GPU takes data in memory: read the files with sparselin.read or "
+                             "FileData.read(), or use device='cpu' to stream them")
         if new_model:
             self._check_hyperparameters()
             if data.transform is not None:
@@ -425,7 +431,7 @@ class SparseLogisticRegression(_Classifier):
 
     def __init__(self, n_features=None, optimizer="lazy_adam", learning_rate=0.01, batch_size=512, epochs=1,
                  threads=1, parallel="hogwild", normalize=True, l1=0.0, l2=0.0, random_state=None, verbose=0,
-                 predict_threads=0):
+                 predict_threads=0, device="cpu"):
         self.n_features = n_features
         self.optimizer = optimizer
         self.learning_rate = learning_rate
@@ -439,6 +445,7 @@ class SparseLogisticRegression(_Classifier):
         self.random_state = random_state
         self.verbose = verbose
         self.predict_threads = predict_threads
+        self.device = device
 
 
 class SparseMLPClassifier(_Classifier):
@@ -447,7 +454,7 @@ class SparseMLPClassifier(_Classifier):
 
     def __init__(self, n_features=None, sparse_width=50, hidden=(64, 16), optimizer="lazy_adam", learning_rate=1e-3,
                  batch_size=512, epochs=1, threads=1, parallel="hogwild", normalize=True, l1=0.0, l2=0.0,
-                 random_state=None, verbose=0, predict_threads=0):
+                 random_state=None, verbose=0, predict_threads=0, device="cpu"):
         self.n_features = n_features
         self.sparse_width = sparse_width
         self.hidden = hidden
@@ -463,6 +470,7 @@ class SparseMLPClassifier(_Classifier):
         self.random_state = random_state
         self.verbose = verbose
         self.predict_threads = predict_threads
+        self.device = device
 
 
 class SparseMLPRegressor(RegressorMixin, _SparseEstimator):
@@ -472,7 +480,7 @@ class SparseMLPRegressor(RegressorMixin, _SparseEstimator):
 
     def __init__(self, n_features=None, sparse_width=50, hidden=(64, 16), optimizer="lazy_adam", learning_rate=1e-3,
                  batch_size=512, epochs=1, threads=1, parallel="hogwild", normalize=True, l1=0.0, l2=0.0,
-                 random_state=None, verbose=0, predict_threads=0):
+                 random_state=None, verbose=0, predict_threads=0, device="cpu"):
         self.n_features = n_features
         self.sparse_width = sparse_width
         self.hidden = hidden
@@ -488,6 +496,7 @@ class SparseMLPRegressor(RegressorMixin, _SparseEstimator):
         self.random_state = random_state
         self.verbose = verbose
         self.predict_threads = predict_threads
+        self.device = device
 
     def _encode_targets(self, y, reset):
         y = np.asarray(y, dtype=np.float64)
@@ -516,6 +525,8 @@ def load(path):
         params = dict(extra["params"])
         if "hidden" in params:
             params["hidden"] = tuple(params["hidden"])
+        if params.get("device") == "cuda":
+            params["device"] = "auto"  # a model file is portable: GPU when there is one
         est = cls(**params)
         est._restore(model, extra)
     except (ValueError, KeyError, TypeError) as e:

@@ -25,6 +25,7 @@ pub fn to_py(e: Error) -> PyErr {
         Error::BadModelFile(m) => ModelFileError::new_err(m),
         Error::Diverged(m) => TrainingDivergedError::new_err(m),
         Error::Interrupted => PyKeyboardInterrupt::new_err("interrupted"),
+        Error::Unavailable(m) => PyRuntimeError::new_err(m),
     }
 }
 

@@ -6,6 +6,7 @@ mod data;
 mod distributed;
 mod errors;
 mod features;
+mod gpu;
 mod metrics;
 mod model;
 
@@ -21,5 +22,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     checkpoint::register(m)?;
     features::register(m)?;
     distributed::register(m)?;
+    gpu::register(m)?;
     Ok(())
 }

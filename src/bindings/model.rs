@@ -28,6 +28,15 @@ fn parse_parallel(parallel: &str) -> PyResult<Parallel> {
     }
 }
 
+/// `true` for "cuda" (the estimators resolve "auto" before calling).
+fn parse_device(device: &str) -> PyResult<bool> {
+    match device {
+        "cpu" => Ok(false),
+        "cuda" => Ok(true),
+        other => Err(to_py(crate::invalid!("device must be 'cpu' or 'cuda', got '{other}'"))),
+    }
+}
+
 fn parse_task(task: &str) -> PyResult<Task> {
     match task {
         "binary" => Ok(Task::Binary),
@@ -121,7 +130,7 @@ impl PySparseModel {
     /// Trains for `epochs` (or `max_batches`); returns a dict: epoch_losses, epochs_completed,
     /// batches, samples, seconds. `progress(epoch, samples_done, samples_per_epoch)` is called
     /// about every 0.2 s.
-    #[pyo3(signature = (indptr, indices, values, n_cols, targets, weights, epochs, batch_size, threads, shuffle, progress=None, max_batches=None, continue_epoch=false, parallel="hogwild"))]
+    #[pyo3(signature = (indptr, indices, values, n_cols, targets, weights, epochs, batch_size, threads, shuffle, progress=None, max_batches=None, continue_epoch=false, parallel="hogwild", device="cpu"))]
     #[allow(clippy::too_many_arguments)]
     fn fit<'py>(
         &self,
@@ -140,8 +149,10 @@ impl PySparseModel {
         max_batches: Option<usize>,
         continue_epoch: bool,
         parallel: &str,
+        device: &str,
     ) -> PyResult<Bound<'py, pyo3::types::PyDict>> {
         let parallel = parse_parallel(parallel)?;
+        let on_gpu = parse_device(device)?;
         let indptr = IndexArray::new(indptr, "indptr")?;
         let indices = IndexArray::new(indices, "indices")?;
         let values = f32_slice(&values, "values")?;
@@ -175,7 +186,11 @@ impl PySparseModel {
                     Error::Interrupted
                 })
             };
-            fit(model, &data, &options, &mut on_progress)
+            if on_gpu {
+                crate::gpu::trainer::fit(model, &data, &options, &mut on_progress)
+            } else {
+                fit(model, &data, &options, &mut on_progress)
+            }
         }));
         if let Some(e) = callback_error {
             return Err(e);
@@ -302,8 +317,9 @@ impl PySparseModel {
         (self.inner.epochs_done.load(Relaxed), self.inner.batches_into_epoch.load(Relaxed))
     }
 
-    /// Raw outputs (logits for a classifier), computed on `threads` threads.
-    #[pyo3(signature = (indptr, indices, values, n_cols, threads))]
+    /// Raw outputs (logits for a classifier), computed on `threads` threads or on the GPU.
+    #[pyo3(signature = (indptr, indices, values, n_cols, threads, device="cpu"))]
+    #[allow(clippy::too_many_arguments)]
     fn decision_function<'py>(
         &self,
         py: Python<'py>,
@@ -312,7 +328,9 @@ impl PySparseModel {
         values: PyReadonlyArray1<'py, f32>,
         n_cols: usize,
         threads: usize,
+        device: &str,
     ) -> PyResult<Bound<'py, PyArray1<f32>>> {
+        let on_gpu = parse_device(device)?;
         let indptr = IndexArray::new(indptr, "indptr")?;
         let indices = IndexArray::new(indices, "indices")?;
         let values = f32_slice(&values, "values")?;
@@ -320,7 +338,18 @@ impl PySparseModel {
         let out = with_csr_slices!(indptr, indices, |p, i| detach(py, || {
             let x = CsrView::new(p, i, values, n_cols)?;
             let mut out = vec![0.0f32; x.n_rows()];
-            with_pool(threads, || model.decision_function(&x, &mut out))??;
+            if on_gpu {
+                if x.n_features() != model.config.n_features {
+                    return Err(crate::invalid!(
+                        "X has {} features but the model was built for n_features={}",
+                        x.n_features(),
+                        model.config.n_features
+                    ));
+                }
+                crate::gpu::trainer::decision_function(model, &x, &mut out)?;
+            } else {
+                with_pool(threads, || model.decision_function(&x, &mut out))??;
+            }
             Ok(out)
         }))?;
         Ok(out.into_pyarray(py))

@@ -1,0 +1,518 @@
+//! Training and prediction on the GPU. For one `fit` call every tensor (weights, feature bias,
+//! max_abs, optimizer state) lives on the device; the CPU `Model` is uploaded at the start and
+//! receives the result at the end, so checkpoints, prediction on the CPU and the Python layer see
+//! an ordinary model. A host thread builds the next batches (with their feature-grouped
+//! transpose) while the device trains the current one. Not done yet: uploads come from pageable
+//! memory on the compute stream (no pinned double-buffered copies on a second stream, no CUDA
+//! graph), and the batch loss is read back after every batch (the divergence check). Batches follow the CPU trainer's order
+//! (`epoch_order`), and the epoch position is kept the same way, so a GPU run can be compared
+//! batch for batch with a CPU run.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::mpsc::sync_channel;
+use std::sync::Arc;
+use std::time::Instant;
+
+use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg};
+
+use super::batch::HostBatch;
+use super::{device, guarded, Gpu};
+use crate::data::batches::epoch_order;
+use crate::data::{CsrView, Idx, Task};
+use crate::error::{Error, Result};
+use crate::model::workspace::RowSlots;
+use crate::model::Model;
+use crate::optim::{OptimizerKind, Param};
+use crate::train::{FitOptions, FitReport, Progress, SharedF32, TrainData};
+
+const THREADS: u32 = 256;
+
+fn cuda(what: &'static str) -> impl Fn(cudarc::driver::DriverError) -> Error {
+    move |e| Error::Unavailable(format!("CUDA error while {what}: {e}"))
+}
+
+fn kernel_code(kind: OptimizerKind) -> Result<i32> {
+    match kind {
+        OptimizerKind::Sgd => Ok(0),
+        OptimizerKind::LazyAdam => Ok(1),
+        OptimizerKind::Adagrad => Ok(2),
+        OptimizerKind::Ftrl => Err(crate::invalid!("optimizer='ftrl' is not available on the GPU; use device='cpu'")),
+    }
+}
+
+fn grid(n: usize, per_block: usize) -> LaunchConfig {
+    LaunchConfig { grid_dim: (n.div_ceil(per_block).max(1) as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// Threads per item: `grid(n, THREADS)` for one thread per item, `grid(n, THREADS / 32)` for one
+/// warp per item.
+const WARPS_PER_BLOCK: usize = THREADS as usize / 32;
+
+fn upload<T: DeviceRepr>(stream: &Arc<CudaStream>, host: &[T]) -> Result<CudaSlice<T>> {
+    stream.clone_htod(host).map_err(cuda("copying to the device"))
+}
+
+fn zeros(stream: &Arc<CudaStream>, n: usize) -> Result<CudaSlice<f32>> {
+    stream.alloc_zeros::<f32>(n.max(1)).map_err(cuda("allocating device memory"))
+}
+
+/// A parameter on the device: values and up to two optimizer slots (a one-element placeholder
+/// where the optimizer has fewer, so every kernel gets valid pointers).
+struct DeviceParam {
+    values: CudaSlice<f32>,
+    s0: CudaSlice<f32>,
+    s1: CudaSlice<f32>,
+    len: usize,
+}
+
+impl DeviceParam {
+    fn upload(stream: &Arc<CudaStream>, p: &Param) -> Result<Self> {
+        let slot = |k: usize| p.slots.get(k).map_or_else(|| zeros(stream, 1), |s| upload(stream, &s.to_vec()));
+        Ok(Self { values: upload(stream, &p.values.to_vec())?, s0: slot(0)?, s1: slot(1)?, len: p.len() })
+    }
+
+    fn download(&self, stream: &Arc<CudaStream>, p: &Param) -> Result<()> {
+        let get = |d: &CudaSlice<f32>, into: &SharedF32| -> Result<()> {
+            into.copy_from(&stream.clone_dtoh(d).map_err(cuda("copying from the device"))?);
+            Ok(())
+        };
+        get(&self.values, &p.values)?;
+        for (k, slot) in p.slots.iter().enumerate() {
+            get(if k == 0 { &self.s0 } else { &self.s1 }, slot)?;
+        }
+        Ok(())
+    }
+}
+
+struct DeviceLayer {
+    weight: DeviceParam,
+    bias: DeviceParam,
+    n_in: usize,
+    n_out: usize,
+}
+
+/// Every tensor of a model, on the device.
+struct DeviceModel {
+    gpu: Arc<Gpu>,
+    width: usize,
+    sparse: DeviceParam,
+    sparse_bias: DeviceParam,
+    feat_bias: Option<DeviceParam>,
+    max_abs: Option<CudaSlice<f32>>,
+    layers: Vec<DeviceLayer>,
+    optimizer: OptimizerKind,
+    regression: bool,
+}
+
+/// The device buffers of one batch.
+struct DeviceBatch {
+    n_rows: usize,
+    nnz: usize,
+    n_slots: usize,
+    row_ptr: CudaSlice<i32>,
+    entry_row: CudaSlice<i32>,
+    entry_slot: CudaSlice<i32>,
+    values: CudaSlice<f32>,
+    slot_id: CudaSlice<i64>,
+    slot_ptr: CudaSlice<i32>,
+    slot_entries: CudaSlice<i32>,
+    targets: CudaSlice<f32>,
+    weights: CudaSlice<f32>,
+}
+
+impl DeviceBatch {
+    fn upload(stream: &Arc<CudaStream>, b: &HostBatch) -> Result<Self> {
+        Ok(Self {
+            n_rows: b.n_rows,
+            nnz: b.nnz(),
+            n_slots: b.slot_id.len(),
+            row_ptr: upload(stream, &b.row_ptr)?,
+            entry_row: upload_nonempty(stream, &b.entry_row)?,
+            entry_slot: upload_nonempty(stream, &b.entry_slot)?,
+            values: upload_nonempty(stream, &b.values)?,
+            slot_id: upload_nonempty(stream, &b.slot_id)?,
+            slot_ptr: upload(stream, &b.slot_ptr)?,
+            slot_entries: upload_nonempty(stream, &b.slot_entries)?,
+            targets: upload(stream, &b.targets)?,
+            weights: upload(stream, &b.weights)?,
+        })
+    }
+}
+
+/// Like `upload`, but an empty slice uploads one (unused) default element: a batch may have no
+/// non-zeros, and zero-length device buffers cannot be allocated.
+fn upload_nonempty<T: DeviceRepr + Default + Clone>(stream: &Arc<CudaStream>, host: &[T]) -> Result<CudaSlice<T>> {
+    if host.is_empty() {
+        upload(stream, &[T::default()])
+    } else {
+        upload(stream, host)
+    }
+}
+
+impl DeviceModel {
+    fn upload(gpu: Arc<Gpu>, model: &Model) -> Result<Self> {
+        let s = &gpu.stream;
+        let norm = model.norm.as_ref();
+        Ok(Self {
+            width: model.config.sparse_width,
+            sparse: DeviceParam::upload(s, &model.sparse.weight)?,
+            sparse_bias: DeviceParam::upload(s, &model.sparse.bias)?,
+            feat_bias: norm.map(|n| DeviceParam::upload(s, &n.feat_bias)).transpose()?,
+            max_abs: norm.map(|n| upload(s, &n.max_abs.to_vec())).transpose()?,
+            layers: model
+                .dense
+                .iter()
+                .map(|d| {
+                    Ok(DeviceLayer {
+                        weight: DeviceParam::upload(s, &d.weight)?,
+                        bias: DeviceParam::upload(s, &d.bias)?,
+                        n_in: d.n_in,
+                        n_out: d.n_out,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?,
+            optimizer: model.config.optimizer.kind,
+            regression: model.config.task == Task::Regression,
+            gpu,
+        })
+    }
+
+    fn download(&self, model: &Model) -> Result<()> {
+        let s = &self.gpu.stream;
+        self.sparse.download(s, &model.sparse.weight)?;
+        self.sparse_bias.download(s, &model.sparse.bias)?;
+        if let (Some(norm), Some(fb), Some(m)) = (&model.norm, &self.feat_bias, &self.max_abs) {
+            fb.download(s, &norm.feat_bias)?;
+            norm.max_abs.copy_from(&s.clone_dtoh(m).map_err(cuda("copying from the device"))?);
+        }
+        for (layer, d) in self.layers.iter().zip(&model.dense) {
+            layer.weight.download(s, &d.weight)?;
+            layer.bias.download(s, &d.bias)?;
+        }
+        Ok(())
+    }
+
+    /// Normalization, sparse layer and dense layers: returns `pre` (the sparse layer output,
+    /// then each dense layer's output; the last is the logits).
+    fn forward(&mut self, b: &DeviceBatch, training: bool) -> Result<(CudaSlice<f32>, Vec<CudaSlice<f32>>)> {
+        let gpu = self.gpu.clone();
+        let s = &gpu.stream;
+        let (n, nnz, n_slots, width) = (b.n_rows as i32, b.nnz as i32, b.n_slots as i32, self.width as i32);
+        let mut y = zeros(s, b.nnz)?;
+        // SAFETY (every launch below): the arguments match the kernel's parameter list in
+        // kernels.cu in order and type; every index a kernel reads was built by HostBatch within
+        // the bounds of the buffers passed (entries < nnz, rows < n_rows, slots < n_slots, ids <
+        // n_features, the size of the tables).
+        unsafe {
+            match (&self.max_abs, &self.feat_bias) {
+                (Some(max_abs), Some(fb)) => {
+                    let training = training as i32;
+                    s.launch_builder(gpu.function("normalize_entries"))
+                        .arg(&n_slots)
+                        .arg(&b.slot_ptr)
+                        .arg(&b.slot_entries)
+                        .arg(&b.slot_id)
+                        .arg(&b.values)
+                        .arg(max_abs)
+                        .arg(&fb.values)
+                        .arg(&mut y)
+                        .arg(&training)
+                        .launch(grid(b.n_slots, THREADS as usize))
+                        .map_err(cuda("normalizing"))?;
+                }
+                _ => {
+                    s.launch_builder(gpu.function("copy_values"))
+                        .arg(&nnz)
+                        .arg(&b.values)
+                        .arg(&mut y)
+                        .launch(grid(b.nnz, THREADS as usize))
+                        .map_err(cuda("copying values"))?;
+                }
+            }
+            let mut h = zeros(s, b.n_rows * self.width)?;
+            if self.width == 1 {
+                s.launch_builder(gpu.function("gather_forward_width1"))
+                    .arg(&n)
+                    .arg(&b.row_ptr)
+                    .arg(&b.entry_slot)
+                    .arg(&b.slot_id)
+                    .arg(&y)
+                    .arg(&self.sparse.values)
+                    .arg(&self.sparse_bias.values)
+                    .arg(&mut h)
+                    .launch(grid(b.n_rows, WARPS_PER_BLOCK))
+                    .map_err(cuda("the sparse layer"))?;
+            } else {
+                s.launch_builder(gpu.function("gather_forward"))
+                    .arg(&n)
+                    .arg(&width)
+                    .arg(&b.row_ptr)
+                    .arg(&b.entry_slot)
+                    .arg(&b.slot_id)
+                    .arg(&y)
+                    .arg(&self.sparse.values)
+                    .arg(&self.sparse_bias.values)
+                    .arg(&mut h)
+                    .launch(grid(b.n_rows, WARPS_PER_BLOCK))
+                    .map_err(cuda("the sparse layer"))?;
+            }
+            let mut pre = vec![h];
+            for layer in &self.layers {
+                let (n_in, n_out, relu) = (layer.n_in as i32, layer.n_out as i32, 1i32);
+                let mut out = zeros(s, b.n_rows * layer.n_out)?;
+                s.launch_builder(gpu.function("dense_forward"))
+                    .arg(&n)
+                    .arg(&n_in)
+                    .arg(&n_out)
+                    .arg(pre.last().expect("the sparse layer output"))
+                    .arg(&layer.weight.values)
+                    .arg(&layer.bias.values)
+                    .arg(&mut out)
+                    .arg(&relu)
+                    .launch(grid(b.n_rows * layer.n_out, THREADS as usize))
+                    .map_err(cuda("a dense layer"))?;
+                pre.push(out);
+            }
+            Ok((y, pre))
+        }
+    }
+
+    /// One training step on the batch; returns the sum of the weighted loss terms.
+    fn train_batch(&mut self, b: &DeviceBatch, step: crate::optim::Step) -> Result<f64> {
+        let gpu = self.gpu.clone();
+        let s = &gpu.stream;
+        let (y, pre) = self.forward(b, true)?;
+        let (n, width, n_slots) = (b.n_rows as i32, self.width as i32, b.n_slots as i32);
+        let (kind, lr, lr_t, l2) = (kernel_code(self.optimizer)?, step.learning_rate, step.lr_t, step.l2);
+        let (no_l2, regression, inv_n) = (0.0f32, self.regression as i32, 1.0 / b.n_rows as f32);
+        let mut d_logits = zeros(s, b.n_rows)?;
+        let mut loss_terms = zeros(s, b.n_rows)?;
+        // SAFETY: as in `forward`.
+        unsafe {
+            s.launch_builder(gpu.function("loss_grad"))
+                .arg(&n)
+                .arg(&regression)
+                .arg(pre.last().expect("logits"))
+                .arg(&b.targets)
+                .arg(&b.weights)
+                .arg(&inv_n)
+                .arg(&mut d_logits)
+                .arg(&mut loss_terms)
+                .launch(grid(b.n_rows, THREADS as usize))
+                .map_err(cuda("the loss"))?;
+            // Dense backward, gradients first, updates after: the input gradient of a layer
+            // uses its weights before this step, as on the CPU.
+            let mut d_out = d_logits;
+            let mut dense_grads = Vec::new();
+            for (l, layer) in self.layers.iter().enumerate().rev() {
+                let (n_in, n_out, relu) = (layer.n_in as i32, layer.n_out as i32, 1i32);
+                let mut gw = zeros(s, layer.n_in * layer.n_out)?;
+                let mut gb = zeros(s, layer.n_out)?;
+                s.launch_builder(gpu.function("dense_grad_weights"))
+                    .arg(&n)
+                    .arg(&n_in)
+                    .arg(&n_out)
+                    .arg(&pre[l])
+                    .arg(&d_out)
+                    .arg(&mut gw)
+                    .arg(&mut gb)
+                    .arg(&relu)
+                    .launch(grid((layer.n_in + 1) * layer.n_out, THREADS as usize))
+                    .map_err(cuda("dense gradients"))?;
+                let mut d_in = zeros(s, b.n_rows * layer.n_in)?;
+                s.launch_builder(gpu.function("dense_grad_input"))
+                    .arg(&n)
+                    .arg(&n_in)
+                    .arg(&n_out)
+                    .arg(&pre[l])
+                    .arg(&layer.weight.values)
+                    .arg(&d_out)
+                    .arg(&mut d_in)
+                    .launch(grid(b.n_rows * layer.n_in, THREADS as usize))
+                    .map_err(cuda("dense gradients"))?;
+                dense_grads.push((l, gw, gb));
+                d_out = d_in;
+            }
+            let dh = d_out;
+            let mut bias_grad = zeros(s, self.width)?;
+            s.launch_builder(gpu.function("column_sums"))
+                .arg(&n)
+                .arg(&width)
+                .arg(&dh)
+                .arg(&mut bias_grad)
+                .launch(grid(self.width, THREADS as usize))
+                .map_err(cuda("the bias gradient"))?;
+            let update = |p: &mut DeviceParam, g: &CudaSlice<f32>, l2: f32| -> Result<()> {
+                let len = p.len as i32;
+                s.launch_builder(gpu.function("dense_update"))
+                    .arg(&len)
+                    .arg(&kind)
+                    .arg(&mut p.values)
+                    .arg(&mut p.s0)
+                    .arg(&mut p.s1)
+                    .arg(g)
+                    .arg(&lr)
+                    .arg(&lr_t)
+                    .arg(&l2)
+                    .launch(grid(p.len, THREADS as usize))
+                    .map_err(cuda("an optimizer step"))?;
+                Ok(())
+            };
+            for (l, gw, gb) in &dense_grads {
+                let layer = &mut self.layers[*l];
+                update(&mut layer.weight, gw, l2)?;
+                update(&mut layer.bias, gb, no_l2)?;
+            }
+            update(&mut self.sparse_bias, &bias_grad, no_l2)?;
+            let mut placeholder = zeros(s, 1)?;
+            let (mut ph0, mut ph1) = (zeros(s, 1)?, zeros(s, 1)?);
+            let with_fb = self.feat_bias.is_some() as i32;
+            let fb = self.feat_bias.as_mut();
+            let (fb_values, fb_s0, fb_s1) = match fb {
+                Some(p) => (&mut p.values, &mut p.s0, &mut p.s1),
+                None => (&mut placeholder, &mut ph0, &mut ph1),
+            };
+            s.launch_builder(gpu.function("sparse_backward_update"))
+                .arg(&n_slots)
+                .arg(&width)
+                .arg(&b.slot_ptr)
+                .arg(&b.slot_entries)
+                .arg(&b.entry_row)
+                .arg(&b.slot_id)
+                .arg(&y)
+                .arg(&dh)
+                .arg(&mut self.sparse.values)
+                .arg(&mut self.sparse.s0)
+                .arg(&mut self.sparse.s1)
+                .arg(fb_values)
+                .arg(fb_s0)
+                .arg(fb_s1)
+                .arg(&with_fb)
+                .arg(&kind)
+                .arg(&lr)
+                .arg(&lr_t)
+                .arg(&l2)
+                .launch(grid(b.n_slots, WARPS_PER_BLOCK))
+                .map_err(cuda("the sparse update"))?;
+        }
+        let terms = s.clone_dtoh(&loss_terms).map_err(cuda("reading the loss"))?;
+        Ok(terms.iter().map(|&t| t as f64).sum())
+    }
+}
+
+/// `train::fit` on the GPU: same options, same batch order and epoch position, same report.
+pub fn fit<P: Idx, I: Idx>(
+    model: &Model,
+    data: &TrainData<'_, P, I>,
+    options: &FitOptions,
+    on_progress: &mut dyn FnMut(&Progress) -> Result<()>,
+) -> Result<FitReport> {
+    if options.batch_size == 0 {
+        return Err(crate::invalid!("batch_size must be at least 1"));
+    }
+    kernel_code(model.config.optimizer.kind)?;
+    let gpu = device()?;
+    guarded("training on the GPU", || fit_on(gpu, model, data, options, on_progress))
+}
+
+fn fit_on<P: Idx, I: Idx>(
+    gpu: Arc<Gpu>,
+    model: &Model,
+    data: &TrainData<'_, P, I>,
+    options: &FitOptions,
+    on_progress: &mut dyn FnMut(&Progress) -> Result<()>,
+) -> Result<FitReport> {
+    let start = Instant::now();
+    let mut device_model = DeviceModel::upload(gpu.clone(), model)?;
+    let n = data.x.n_rows();
+    let n_batches = n.div_ceil(options.batch_size);
+    let mut report = FitReport::default();
+    if !options.continue_epoch || model.batches_into_epoch.load(Relaxed) as usize >= n_batches {
+        model.batches_into_epoch.store(0, Relaxed);
+    }
+    let mut batches_left = options.max_batches.unwrap_or(usize::MAX);
+    let mut last_report = Instant::now();
+    let mut epoch = 0;
+    while epoch < options.epochs && batches_left > 0 {
+        let first = model.batches_into_epoch.load(Relaxed) as usize;
+        let shuffle_epoch =
+            if first > 0 { model.epochs_done.load(Relaxed).saturating_sub(1) } else { model.epochs_done.fetch_add(1, Relaxed) };
+        let end = n_batches.min(first.saturating_add(batches_left));
+        let order = epoch_order(n, model.config.seed, shuffle_epoch, options.shuffle);
+        let (mut loss_sum, mut samples) = (0.0f64, 0u64);
+        // The next batches are built on a host thread while the device trains (two in flight).
+        let result = std::thread::scope(|scope| -> Result<()> {
+            let (send, receive) = sync_channel::<HostBatch>(2);
+            let order = &order;
+            scope.spawn(move || {
+                let mut slots = RowSlots::default();
+                for b in first..end {
+                    let rows = &order[b * options.batch_size..((b + 1) * options.batch_size).min(n)];
+                    let mut batch = HostBatch::default();
+                    batch.build(&data.x, rows, data.targets, data.weights, &mut slots);
+                    if send.send(batch).is_err() {
+                        return; // the device side stopped
+                    }
+                }
+            });
+            for host in receive.iter() {
+                let batch = DeviceBatch::upload(&gpu.stream, &host)?;
+                let t = model.step.load(Relaxed) + 1;
+                let total = device_model.train_batch(&batch, model.config.optimizer.step(t))?;
+                let mean = total / host.n_rows as f64;
+                if !mean.is_finite() {
+                    return Err(Error::Diverged(format!(
+                        "training diverged at update {t} on the GPU (batch loss {mean}); the model keeps the weights it had before this fit"
+                    )));
+                }
+                model.step.store(t, Relaxed);
+                model.batches_into_epoch.fetch_add(1, Relaxed);
+                loss_sum += total;
+                samples += host.n_rows as u64;
+                report.batches += 1;
+                if last_report.elapsed() >= options.progress_every {
+                    last_report = Instant::now();
+                    on_progress(&Progress { epoch, epochs: options.epochs, samples_done: samples, samples_per_epoch: n as u64 })?;
+                }
+            }
+            Ok(())
+        });
+        result?;
+        report.samples += samples;
+        report.epoch_losses.push(if samples > 0 { loss_sum / samples as f64 } else { 0.0 });
+        batches_left -= end - first;
+        if end == n_batches {
+            model.batches_into_epoch.store(0, Relaxed);
+            report.epochs_completed += 1;
+            epoch += 1;
+        }
+    }
+    device_model.download(model)?;
+    gpu.stream.synchronize().map_err(cuda("finishing"))?;
+    report.seconds = start.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// Raw outputs of every row, computed on the GPU (inference normalization: max_abs is read, not
+/// raised).
+pub fn decision_function<P: Idx, I: Idx>(model: &Model, x: &CsrView<'_, P, I>, out: &mut [f32]) -> Result<()> {
+    if out.len() != x.n_rows() {
+        return Err(crate::invalid!("output has {} entries for {} rows", out.len(), x.n_rows()));
+    }
+    let gpu = device()?;
+    guarded("predicting on the GPU", || {
+        let mut device_model = DeviceModel::upload(gpu.clone(), model)?;
+        const CHUNK: usize = 1 << 16;
+        let (mut host, mut slots) = (HostBatch::default(), RowSlots::default());
+        let ones = vec![1.0f32; x.n_rows()];
+        let rows: Vec<u32> = (0..x.n_rows() as u32).collect();
+        for (c, chunk) in rows.chunks(CHUNK).enumerate() {
+            host.build(x, chunk, &ones, None, &mut slots);
+            let batch = DeviceBatch::upload(&gpu.stream, &host)?;
+            let (_, pre) = device_model.forward(&batch, false)?;
+            let logits = gpu.stream.clone_dtoh(pre.last().expect("logits")).map_err(cuda("reading outputs"))?;
+            out[c * CHUNK..c * CHUNK + chunk.len()].copy_from_slice(&logits[..chunk.len()]);
+        }
+        Ok(())
+    })
+}
