@@ -451,6 +451,19 @@ def _train_parameter_server(ray, est, config_json, parts, n_shards, epochs, stal
     return model, _summary("parameter_server", per_worker, seconds, {"shards": shard_stats, "rounds": rounds})
 
 
+def _retry_while_restarting(ray, call, timeout=120.0):
+    """Runs `call` until no actor it uses is dead or restarting (Ray restarts crashed actors in
+    the background; a call that reaches one meanwhile fails with an actor error)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return call()
+        except ray.exceptions.RayActorError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
 def _train_average(ray, est, n_features, parts, epochs, sync_every, checkpoint_dir, checkpoint_every, max_restarts,
                    worker_cpus, callback):
     model_args = (n_features, est._width(), est._hidden(), est._task, bool(est.normalize), est.optimizer,
@@ -493,7 +506,8 @@ def _train_average(ray, est, n_features, parts, epochs, sync_every, checkpoint_d
                 raise
             with open(checkpoint_path, "rb") as f:
                 model_bytes = f.read()
-            ray.get([w.restore.remote(model_bytes, pos) for w, pos in zip(workers, saved["positions"])])
+            _retry_while_restarting(ray, lambda: ray.get(
+                [w.restore.remote(model_bytes, pos) for w, pos in zip(workers, saved["positions"])]))
             done = list(saved["done"])
             per_worker = copy.deepcopy(saved["stats"])
             continue

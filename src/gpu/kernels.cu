@@ -138,6 +138,21 @@ extern "C" __global__ void loss_grad(int n_rows, int regression, const float* lo
     }
 }
 
+// total[0] += sum of the batch's loss terms, in double: one block, so the running total of an
+// epoch stays on the device and the host reads it only now and then (no sync per batch).
+extern "C" __global__ void accumulate_loss(int n, const float* terms, double* total) {
+    __shared__ double partial[256];
+    double acc = 0.0;
+    for (int b = threadIdx.x; b < n; b += blockDim.x) acc += (double)terms[b];
+    partial[threadIdx.x] = acc;
+    __syncthreads();
+    for (int stride = blockDim.x / 2; stride > 0; stride /= 2) {
+        if (threadIdx.x < stride) partial[threadIdx.x] += partial[threadIdx.x + stride];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) total[0] += partial[0];
+}
+
 // Dense layer gradients. grad_W[i, o] = sum_b act(x[b, i]) d_out[b, o]; grad_b[o] = sum_b
 // d_out[b, o]: one thread per weight (the batch is the reduction axis, read coalesced across o).
 extern "C" __global__ void dense_grad_weights(int n_rows, int n_in, int n_out, const float* x, const float* d_out,

@@ -25,6 +25,7 @@ pub const KERNEL_NAMES: &[&str] = &[
     "gather_forward_width1",
     "dense_forward",
     "loss_grad",
+    "accumulate_loss",
     "dense_grad_weights",
     "dense_grad_input",
     "column_sums",

@@ -4,7 +4,8 @@
 //! an ordinary model. A host thread builds the next batches (with their feature-grouped
 //! transpose) while the device trains the current one. Not done yet: uploads come from pageable
 //! memory on the compute stream (no pinned double-buffered copies on a second stream, no CUDA
-//! graph), and the batch loss is read back after every batch (the divergence check). Batches follow the CPU trainer's order
+//! graph). The loss total stays on the device and is read every 32 batches (the divergence check),
+//! so the host runs ahead of the device in between. Batches follow the CPU trainer's order
 //! (`epoch_order`), and the epoch position is kept the same way, so a GPU run can be compared
 //! batch for batch with a CPU run.
 
@@ -277,8 +278,9 @@ impl DeviceModel {
         }
     }
 
-    /// One training step on the batch; returns the sum of the weighted loss terms.
-    fn train_batch(&mut self, b: &DeviceBatch, step: crate::optim::Step) -> Result<f64> {
+    /// One training step on the batch; adds the sum of its weighted loss terms to `loss_total`
+    /// (on the device: nothing here waits for the device).
+    fn train_batch(&mut self, b: &DeviceBatch, step: crate::optim::Step, loss_total: &mut CudaSlice<f64>) -> Result<()> {
         let gpu = self.gpu.clone();
         let s = &gpu.stream;
         let (y, pre) = self.forward(b, true)?;
@@ -299,6 +301,12 @@ impl DeviceModel {
                 .arg(&mut d_logits)
                 .arg(&mut loss_terms)
                 .launch(grid(b.n_rows, THREADS as usize))
+                .map_err(cuda("the loss"))?;
+            s.launch_builder(gpu.function("accumulate_loss"))
+                .arg(&n)
+                .arg(&loss_terms)
+                .arg(loss_total)
+                .launch(LaunchConfig { grid_dim: (1, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 })
                 .map_err(cuda("the loss"))?;
             // Dense backward, gradients first, updates after: the input gradient of a layer
             // uses its weights before this step, as on the CPU.
@@ -395,8 +403,7 @@ impl DeviceModel {
                 .launch(grid(b.n_slots, WARPS_PER_BLOCK))
                 .map_err(cuda("the sparse update"))?;
         }
-        let terms = s.clone_dtoh(&loss_terms).map_err(cuda("reading the loss"))?;
-        Ok(terms.iter().map(|&t| t as f64).sum())
+        Ok(())
     }
 }
 
@@ -412,7 +419,16 @@ pub fn fit<P: Idx, I: Idx>(
     }
     kernel_code(model.config.optimizer.kind)?;
     let gpu = device()?;
-    guarded("training on the GPU", || fit_on(gpu, model, data, options, on_progress))
+    let counters = (model.step.load(Relaxed), model.epochs_done.load(Relaxed), model.batches_into_epoch.load(Relaxed));
+    let result = guarded("training on the GPU", || fit_on(gpu, model, data, options, on_progress));
+    if matches!(result, Err(ref e) if *e != Error::Interrupted) {
+        // The weights are only downloaded at the end, so a failed fit left them as they were:
+        // the counters go back with them.
+        model.step.store(counters.0, Relaxed);
+        model.epochs_done.store(counters.1, Relaxed);
+        model.batches_into_epoch.store(counters.2, Relaxed);
+    }
+    result
 }
 
 fn fit_on<P: Idx, I: Idx>(
@@ -439,7 +455,22 @@ fn fit_on<P: Idx, I: Idx>(
             if first > 0 { model.epochs_done.load(Relaxed).saturating_sub(1) } else { model.epochs_done.fetch_add(1, Relaxed) };
         let end = n_batches.min(first.saturating_add(batches_left));
         let order = epoch_order(n, model.config.seed, shuffle_epoch, options.shuffle);
-        let (mut loss_sum, mut samples) = (0.0f64, 0u64);
+        let mut samples = 0u64;
+        let mut loss_total = gpu.stream.alloc_zeros::<f64>(1).map_err(cuda("allocating device memory"))?;
+        // The loss total is read (a host-device sync) every CHECK_EVERY batches and at the end:
+        // a non-finite total means training diverged in the batches since the last check.
+        let mut checked_step = model.step.load(Relaxed);
+        let mut check = |loss_total: &CudaSlice<f64>, t: u64| -> Result<f64> {
+            let total = gpu.stream.clone_dtoh(loss_total).map_err(cuda("reading the loss"))?[0];
+            if !total.is_finite() {
+                return Err(Error::Diverged(format!(
+                    "training diverged on the GPU between updates {} and {t} (loss {total}); the model keeps the weights it had before this fit",
+                    checked_step + 1
+                )));
+            }
+            checked_step = t;
+            Ok(total)
+        };
         // The next batches are built on a host thread while the device trains (two in flight).
         let result = std::thread::scope(|scope| -> Result<()> {
             let (send, receive) = sync_channel::<HostBatch>(2);
@@ -455,21 +486,18 @@ fn fit_on<P: Idx, I: Idx>(
                     }
                 }
             });
+            const CHECK_EVERY: u64 = 32;
             for host in receive.iter() {
                 let batch = DeviceBatch::upload(&gpu.stream, &host)?;
                 let t = model.step.load(Relaxed) + 1;
-                let total = device_model.train_batch(&batch, model.config.optimizer.step(t))?;
-                let mean = total / host.n_rows as f64;
-                if !mean.is_finite() {
-                    return Err(Error::Diverged(format!(
-                        "training diverged at update {t} on the GPU (batch loss {mean}); the model keeps the weights it had before this fit"
-                    )));
-                }
+                device_model.train_batch(&batch, model.config.optimizer.step(t), &mut loss_total)?;
                 model.step.store(t, Relaxed);
                 model.batches_into_epoch.fetch_add(1, Relaxed);
-                loss_sum += total;
                 samples += host.n_rows as u64;
                 report.batches += 1;
+                if t % CHECK_EVERY == 0 {
+                    check(&loss_total, t)?;
+                }
                 if last_report.elapsed() >= options.progress_every {
                     last_report = Instant::now();
                     on_progress(&Progress { epoch, epochs: options.epochs, samples_done: samples, samples_per_epoch: n as u64 })?;
@@ -477,7 +505,16 @@ fn fit_on<P: Idx, I: Idx>(
             }
             Ok(())
         });
-        result?;
+        if let Err(e) = result {
+            if e == Error::Interrupted {
+                // Ctrl-C keeps what was trained, as on the CPU; the loss check comes first so
+                // that diverged weights are never kept.
+                check(&loss_total, model.step.load(Relaxed))?;
+                device_model.download(model)?;
+            }
+            return Err(e);
+        }
+        let loss_sum = check(&loss_total, model.step.load(Relaxed))?;
         report.samples += samples;
         report.epoch_losses.push(if samples > 0 { loss_sum / samples as f64 } else { 0.0 });
         batches_left -= end - first;
