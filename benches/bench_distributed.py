@@ -50,9 +50,11 @@ def main():
             single_rate = args.rows * args.epochs / (time.perf_counter() - start)
             single_auc = metrics.roc_auc(yt, single.predict_proba(Xt)[:, 1])
             rows.append((name, "single process", f"{single_rate:,.0f}", "", "", "", "", "", f"{single_auc:.4f}"))
-            for mode in distributed.MODES:
+            for label, mode, extra in (("parameter_server, prefetch", "parameter_server", {"prefetch": True}),
+                                       ("parameter_server", "parameter_server", {}),
+                                       ("average", "average", {})):
                 model = distributed.train(est, X, y, mode=mode, workers=args.workers, shards=args.shards,
-                                          sync_every=args.sync_every)
+                                          sync_every=args.sync_every, **extra)
                 stats = model.distributed_stats_
                 auc = metrics.roc_auc(yt, model.predict_proba(Xt)[:, 1])
                 per_worker = sum(w["samples_per_second"] for w in stats["workers"]) / len(stats["workers"])
@@ -61,7 +63,7 @@ def main():
                 down = w0.get("bytes_pulled_per_batch", w0.get("bytes_received_per_batch", 0))
                 ids = w0.get("unique_ids_per_batch")
                 ms = lambda key: f"{w0[key] * 1e3:.2f}" if key in w0 else ""  # noqa: E731
-                rows.append((name, mode, f"{per_worker:,.0f}", f"{down / 1e3:,.1f}", f"{up / 1e3:,.1f}",
+                rows.append((name, label, f"{per_worker:,.0f}", f"{down / 1e3:,.1f}", f"{up / 1e3:,.1f}",
                              "" if ids is None else f"{ids:,.0f}", ms("pull_seconds_per_batch"),
                              ms("compute_seconds_per_batch"), f"{auc:.4f}"))
     print("| model | mode | samples/s per worker | kB in per batch | kB out per batch | distinct ids per batch "

@@ -94,6 +94,13 @@ def test_parameter_server_mlp(cluster, data):
     assert pulled > unique * (8 + 4 * 10)
 
 
+def test_prefetch_trains_every_batch_once(cluster, data):
+    X, y, Xt, yt = data
+    model = distributed.train(lr(epochs=1), X[:20_000], y[:20_000], prefetch=True, segment_batches=7)
+    assert [w["samples"] for w in model.distributed_stats_["workers"]] == [10_000, 10_000]
+    assert auc(model, Xt, yt) > 0.72  # a sane model; the staleness cost is measured in the bench
+
+
 def test_averaging_is_deterministic(cluster, data):
     X, y, _, _ = data
     a = distributed.train(lr(epochs=1), X[:20_000], y[:20_000], mode="average", workers=2, sync_every=8)

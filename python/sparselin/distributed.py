@@ -149,16 +149,19 @@ def _batch_order(seed, worker, epoch, n_rows):
 
 
 class PullWorkerActor:
-    """A parameter-server worker: pulls the rows of each batch, computes, pushes."""
+    """A parameter-server worker: pulls the rows of each batch, computes, pushes. With
+    ``prefetch`` the next batch's pulls are in flight while this batch computes (two core
+    workers take turns), hiding the pull latency at the cost of one more step of staleness."""
 
-    def __init__(self, config_json, index, shards, data, batch_size, seed, staleness):
+    def __init__(self, config_json, index, shards, data, batch_size, seed, staleness, prefetch=True):
         self.index = index
         self.shards = shards
         self.csr, self.targets, self.weights = _read_part(data)
         self.batch_size = batch_size
         self.seed = seed
         self.staleness = staleness
-        self.worker = _core.PullWorker(config_json, len(shards))
+        self.prefetch = prefetch
+        self.workers = [_core.PullWorker(config_json, len(shards)) for _ in range(2 if prefetch else 1)]
 
     def n_batches(self):
         return -(-self.csr.n_rows // self.batch_size)
@@ -166,39 +169,50 @@ class PullWorkerActor:
     def pid(self):
         return os.getpid()
 
+    def _start(self, worker, rows):
+        """Loads a batch into `worker` and sends its pulls; returns what `run` needs later."""
+        c, n_shards = self.csr, len(self.shards)
+        ids, offsets = worker.load_batch(c.indptr, c.indices, c.values, c.n_cols, self.targets, self.weights, rows)
+        parts = [ids[offsets[s]:offsets[s + 1]] for s in range(n_shards)]
+        refs = [sh.pull.remote(p) for sh, p in zip(self.shards, parts)] + [self.shards[0].pull_dense.remote()]
+        return worker, rows, ids, offsets, parts, refs
+
     def run(self, epoch, first_batch, n_batches):
         """Trains batches [first_batch, first_batch + n_batches) of `epoch`; returns statistics."""
         import ray
 
         order = _batch_order(self.seed, self.index, epoch, self.csr.n_rows)
         c, bs, n_shards = self.csr, self.batch_size, len(self.shards)
+        last = min(first_batch + n_batches, self.n_batches())
         pending = collections.deque()
         stats = collections.Counter()
         start = time.perf_counter()
-        for b in range(first_batch, min(first_batch + n_batches, self.n_batches())):
-            rows = order[b * bs:(b + 1) * bs]
-            ids, offsets = self.worker.load_batch(c.indptr, c.indices, c.values, c.n_cols, self.targets, self.weights,
-                                                  rows)
-            parts = [ids[offsets[s]:offsets[s + 1]] for s in range(n_shards)]
+        batch = self._start(self.workers[0], order[first_batch * bs:(first_batch + 1) * bs]) if first_batch < last else None
+        for b in range(first_batch, last):
+            worker, rows, ids, offsets, parts, refs = batch
+            following = order[(b + 1) * bs:(b + 2) * bs] if b + 1 < last else None
+            if self.prefetch and following is not None:
+                batch = self._start(self.workers[(b + 1 - first_batch) % 2], following)
             t0 = time.perf_counter()
-            pulled = ray.get([sh.pull.remote(p) for sh, p in zip(self.shards, parts)]
-                             + [self.shards[0].pull_dense.remote()])
+            pulled = ray.get(refs)
             stats["pull_seconds"] += time.perf_counter() - t0
             rows_w, fb, max_abs = (np.concatenate([p[k] for p in pulled[:n_shards]]) for k in range(3))
             dense = pulled[-1]
             t0 = time.perf_counter()
-            loss = self.worker.compute(rows_w, fb, max_abs, dense)
-            g, fbg, ma, dg = self.worker.gradients()
+            loss = worker.compute(rows_w, fb, max_abs, dense)
+            g, fbg, ma, dg = worker.gradients()
             stats["compute_seconds"] += time.perf_counter() - t0
             width = g.size // max(ids.size, 1)
-            refs = [sh.push.remote(parts[s], g[offsets[s] * width:offsets[s + 1] * width],
+            push = [sh.push.remote(parts[s], g[offsets[s] * width:offsets[s + 1] * width],
                                    fbg[offsets[s]:offsets[s + 1]] if fbg.size else fbg,
                                    ma[offsets[s]:offsets[s + 1]] if ma.size else ma)
                     for s, sh in enumerate(self.shards)]
-            refs.append(self.shards[0].push_dense.remote(dg))
-            pending.append(refs)
+            push.append(self.shards[0].push_dense.remote(dg))
+            pending.append(push)
             while len(pending) > self.staleness:
                 ray.get(pending.popleft())
+            if not self.prefetch and following is not None:
+                batch = self._start(self.workers[0], following)
             stats["batches"] += 1
             stats["samples"] += rows.size
             stats["loss_sum"] += loss * rows.size
@@ -338,7 +352,7 @@ def _positive(name, value, minimum=1):
 
 
 def train(estimator, X=None, y=None, *, sample_weight=None, paths=None, format=None, bits=20,
-          mode="parameter_server", workers=2, shards=2, epochs=None, staleness=2, segment_batches=64,
+          mode="parameter_server", workers=2, shards=2, epochs=None, staleness=2, prefetch=False, segment_batches=64,
           sync_every=16, checkpoint_dir=None, checkpoint_every=10, max_restarts=3, address="local",
           worker_cpus=1, shard_cpus=1, callback=None):
     """Trains a copy of ``estimator`` (a SparseLogisticRegression / SparseMLPClassifier /
@@ -348,7 +362,9 @@ def train(estimator, X=None, y=None, *, sample_weight=None, paths=None, format=N
     ``X=FileData(...)`` (files with reader options). Rows are dealt to workers round-robin and each
     worker holds its part in memory.
     ``mode``: "parameter_server" (``shards`` shard actors; ``staleness``: pushes in flight per
-    worker; workers run in segments of ``segment_batches`` batches) or "average" (copies averaged
+    worker; ``prefetch=True``: pull the next batch's rows while this one computes, which hides
+    the pull latency but adds a step of staleness (measured: lower AUC, see docs/distributed.md);
+    workers run in segments of ``segment_batches`` batches) or "average" (copies averaged
     every ``sync_every`` batches). ``epochs`` defaults to ``estimator.epochs``.
     ``checkpoint_dir``: where shards and synchronized states are checkpointed every
     ``checkpoint_every`` rounds (default: a temporary directory, which must be shared storage
@@ -377,7 +393,7 @@ def train(estimator, X=None, y=None, *, sample_weight=None, paths=None, format=N
         _check_resources(cluster.ray, n_actors_cpus)
         if mode == "parameter_server":
             model, stats = _train_parameter_server(cluster.ray, est, config_json, parts, shards, epochs, staleness,
-                                                   segment_batches, checkpoint_dir, checkpoint_every, max_restarts,
+                                                   bool(prefetch), segment_batches, checkpoint_dir, checkpoint_every, max_restarts,
                                                    worker_cpus, shard_cpus, callback)
         else:
             model, stats = _train_average(cluster.ray, est, n_features, parts, epochs, sync_every, checkpoint_dir,
@@ -413,7 +429,7 @@ def _summary(mode, per_worker, seconds, extra):
                  "samples_per_second": sum(s.get("samples", 0) for s in per_worker) / max(seconds, 1e-9)}, **extra)
 
 
-def _train_parameter_server(ray, est, config_json, parts, n_shards, epochs, staleness, segment_batches,
+def _train_parameter_server(ray, est, config_json, parts, n_shards, epochs, staleness, prefetch, segment_batches,
                             checkpoint_dir, checkpoint_every, max_restarts, worker_cpus, shard_cpus, callback):
     shard_cls = ray.remote(ShardActor).options(max_restarts=max_restarts, max_task_retries=max_restarts,
                                                max_concurrency=8, num_cpus=shard_cpus)
@@ -425,7 +441,7 @@ def _train_parameter_server(ray, est, config_json, parts, n_shards, epochs, stal
                                                      num_cpus=worker_cpus)
     # The driver keeps the data refs: a restarted worker is built again from them.
     data_refs = [ray.put(p) for p in parts]
-    workers = [worker_cls.remote(config_json, w, shards, ref, int(est.batch_size), est._seed(), staleness)
+    workers = [worker_cls.remote(config_json, w, shards, ref, int(est.batch_size), est._seed(), staleness, prefetch)
                for w, ref in enumerate(data_refs)]
     n_batches = ray.get([w.n_batches.remote() for w in workers])
     per_worker = [collections.Counter() for _ in workers]
