@@ -42,7 +42,9 @@ pub struct PullWorker {
 fn compact_config(config: &ModelConfig, capacity: usize) -> ModelConfig {
     let mut c = config.clone();
     c.n_features = capacity;
-    c.optimizer.kind = OptimizerKind::Sgd; // no optimizer state: the shards own it
+    // No optimizer state (the shards own it) and no optimizer settings to validate (FTRL's l1).
+    c.optimizer.kind = OptimizerKind::Sgd;
+    c.optimizer.l1 = 0.0;
     c
 }
 
@@ -306,6 +308,22 @@ mod tests {
             for (a, b) in d.iter().zip(&expected) {
                 assert!((a - b).abs() <= 1e-6 * b.abs().max(1e-3), "{a} vs {b}");
             }
+        }
+    }
+
+    #[test]
+    fn every_optimizer_config_builds_a_worker() {
+        for (kind, l1) in [(OptimizerKind::Ftrl, 0.01), (OptimizerKind::Adagrad, 0.0), (OptimizerKind::LazyAdam, 0.0)] {
+            let config = ModelConfig {
+                n_features: 64,
+                sparse_width: 1,
+                head: Head::Linear,
+                task: Task::Binary,
+                normalize: true,
+                optimizer: OptimizerConfig { kind, learning_rate: 0.1, l1, l2: 0.01 },
+                seed: 1,
+            };
+            PullWorker::new(config, 3).unwrap();
         }
     }
 
