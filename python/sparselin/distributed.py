@@ -496,7 +496,6 @@ def _train_average(ray, est, n_features, parts, epochs, sync_every, checkpoint_d
     def snapshot():
         model_bytes = ray.get(workers[0].model_bytes.remote())
         positions = ray.get([w.position.remote() for w in workers])
-        _core.model_from_bytes(model_bytes)  # checks the bytes before they replace the last good state
         with open(checkpoint_path + ".tmp", "wb") as f:
             f.write(model_bytes)
         os.replace(checkpoint_path + ".tmp", checkpoint_path)

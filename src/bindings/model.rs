@@ -339,13 +339,6 @@ impl PySparseModel {
             let x = CsrView::new(p, i, values, n_cols)?;
             let mut out = vec![0.0f32; x.n_rows()];
             if on_gpu {
-                if x.n_features() != model.config.n_features {
-                    return Err(crate::invalid!(
-                        "X has {} features but the model was built for n_features={}",
-                        x.n_features(),
-                        model.config.n_features
-                    ));
-                }
                 crate::gpu::trainer::decision_function(model, &x, &mut out)?;
             } else {
                 with_pool(threads, || model.decision_function(&x, &mut out))??;

@@ -34,12 +34,6 @@ pub struct ModelDelta {
     pub steps: u64,
 }
 
-impl ModelDelta {
-    pub fn bytes(&self) -> usize {
-        self.tensors.iter().map(|t| t.rows.len() * 8 + t.values.len() * 4).sum()
-    }
-}
-
 /// Rows of the sparse table and per-feature tensors are synchronized row by row; the small dense
 /// tensors as one row.
 fn row_len(model: &Model, name: &str, len: usize) -> usize {

@@ -62,12 +62,6 @@ impl ShardLayout {
     pub fn global(&self, local: usize) -> u64 {
         (local * self.count + self.index) as u64
     }
-
-    /// The shard that holds `id`.
-    #[inline]
-    pub fn shard_of(id: u64, count: usize) -> usize {
-        (id % count as u64) as usize
-    }
 }
 
 /// The rows of the sparse table one shard holds.

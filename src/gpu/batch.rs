@@ -79,13 +79,6 @@ impl HostBatch {
     pub fn nnz(&self) -> usize {
         self.values.len()
     }
-
-    /// Bytes uploaded for this batch.
-    pub fn bytes(&self) -> usize {
-        4 * (self.row_ptr.len() + self.entry_row.len() + self.entry_slot.len() + self.values.len())
-            + 8 * self.slot_id.len()
-            + 4 * (self.slot_ptr.len() + self.slot_entries.len() + self.targets.len() + self.weights.len())
-    }
 }
 
 #[cfg(test)]

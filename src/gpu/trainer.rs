@@ -533,6 +533,13 @@ fn fit_on<P: Idx, I: Idx>(
 /// Raw outputs of every row, computed on the GPU (inference normalization: max_abs is read, not
 /// raised).
 pub fn decision_function<P: Idx, I: Idx>(model: &Model, x: &CsrView<'_, P, I>, out: &mut [f32]) -> Result<()> {
+    if x.n_features() != model.config.n_features {
+        return Err(crate::invalid!(
+            "X has {} features but the model was built for n_features={}",
+            x.n_features(),
+            model.config.n_features
+        ));
+    }
     if out.len() != x.n_rows() {
         return Err(crate::invalid!("output has {} entries for {} rows", out.len(), x.n_rows()));
     }
