@@ -7,31 +7,48 @@ use sparselin::data::synthetic::{make_ctr, CtrSpec};
 use sparselin::data::Task;
 use sparselin::model::{Head, Model, ModelConfig};
 use sparselin::optim::{OptimizerConfig, OptimizerKind};
-use sparselin::train::{fit, FitOptions, TrainData};
+use sparselin::train::{fit, FitOptions, Parallel, TrainData};
 
 fn main() {
     let rows: usize = std::env::var("BENCH_ROWS").ok().and_then(|s| s.parse().ok()).unwrap_or(200_000);
     let threads: usize = std::env::var("BENCH_THREADS").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
+    let parallel = match std::env::var("BENCH_PARALLEL").as_deref() {
+        Ok("columns") => Parallel::Columns,
+        _ => Parallel::Hogwild,
+    };
     let day = make_ctr(&CtrSpec { n_rows: rows, n_features: 1 << 20, seed: 0, ..Default::default() }).unwrap().remove(0);
     let x = day.matrix.view().unwrap();
-    println!("make_ctr rows={rows} nnz/row={:.1} threads={threads}", x.nnz() as f64 / rows as f64);
-    for (name, head, width, lr) in [
-        ("LR", Head::Linear, 1, 0.01),
-        ("MLP", Head::Mlp { hidden: vec![64, 16] }, 50, 0.001),
-    ] {
-        for batch_size in [256, 512, 1024] {
+    println!("make_ctr rows={rows} nnz/row={:.1} threads={threads} parallel={parallel:?}", x.nnz() as f64 / rows as f64);
+    // BENCH_CASES picks cases, e.g. "MLP:lazy_adam:512,LR:sgd:512"; default: both models with
+    // lazy_adam at the talk's three batch sizes.
+    let cases: Vec<(String, String, usize)> = match std::env::var("BENCH_CASES") {
+        Ok(spec) => spec
+            .split(',')
+            .map(|c| {
+                let p: Vec<&str> = c.split(':').collect();
+                (p[0].to_string(), p[1].to_string(), p[2].parse().expect("batch size"))
+            })
+            .collect(),
+        Err(_) => ["LR", "MLP"].iter().flat_map(|m| [256, 512, 1024].map(|b| (m.to_string(), "lazy_adam".to_string(), b))).collect(),
+    };
+    for (name, optimizer, batch_size) in cases {
+        let (head, width, lr) = match name.as_str() {
+            "LR" => (Head::Linear, 1, if optimizer == "sgd" { 0.5 } else { 0.01 }),
+            _ => (Head::Mlp { hidden: vec![64, 16] }, 50, 0.001),
+        };
+        {
             let model = Model::new(ModelConfig {
                 n_features: 1 << 20,
                 sparse_width: width,
                 head: head.clone(),
                 task: Task::Binary,
                 normalize: true,
-                optimizer: OptimizerConfig { kind: OptimizerKind::LazyAdam, learning_rate: lr, l1: 0.0, l2: 0.0 },
+                optimizer: OptimizerConfig { kind: OptimizerKind::parse(&optimizer).unwrap(), learning_rate: lr, l1: 0.0, l2: 0.0 },
                 seed: 0,
             })
             .unwrap();
             let data = TrainData::new(x, &day.labels, None, &model).unwrap();
-            let options = FitOptions { epochs: 1, batch_size, threads, ..Default::default() };
+            let options = FitOptions { epochs: 1, batch_size, threads, parallel, ..Default::default() };
             let mut rates = Vec::new();
             for _ in 0..3 {
                 let start = Instant::now();
@@ -39,7 +56,7 @@ fn main() {
                 rates.push(rows as f64 / start.elapsed().as_secs_f64());
             }
             rates.sort_by(f64::total_cmp);
-            println!("{name:4} batch {batch_size:5}: {:>10.0} samples/s", rates[1]);
+            println!("{name:4} {optimizer:9} batch {batch_size:5}: {:>10.0} samples/s", rates[1]);
         }
     }
 }

@@ -388,7 +388,7 @@ impl PySparseModel {
         let d = pyo3::types::PyDict::new(py);
         d.set_item("loss", loss)?;
         d.set_item("outputs", ws.logits.into_pyarray(py))?;
-        d.set_item("ids", ws.slots.ids.into_pyarray(py))?;
+        d.set_item("ids", ws.batch.slots.ids.into_pyarray(py))?;
         d.set_item("sparse.weight", ws.grad_rows.into_pyarray(py))?;
         d.set_item("norm.feat_bias", ws.grad_feat_bias.into_pyarray(py))?;
         d.set_item("sparse.bias", ws.grad_sparse_bias.into_pyarray(py))?;

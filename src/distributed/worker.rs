@@ -205,7 +205,7 @@ impl PullWorker {
         self.row_grads.resize(unique * width, 0.0);
         self.feat_bias_grads.clear();
         self.feat_bias_grads.resize(per_id, 0.0);
-        for (slot, &k) in ws.slots.ids.iter().enumerate() {
+        for (slot, &k) in ws.batch.slots.ids.iter().enumerate() {
             let k = k as usize;
             self.row_grads[k * width..(k + 1) * width].copy_from_slice(&ws.grad_rows[slot * width..(slot + 1) * width]);
             if per_id > 0 {

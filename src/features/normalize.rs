@@ -28,7 +28,13 @@ impl Normalizer {
     #[inline(always)]
     pub fn train_value(&self, id: usize, v: f32) -> f32 {
         let scale = self.max_abs.fetch_max_nonneg(id, v.abs());
-        v / scale.max(MIN_SCALE) + self.feat_bias.values.get(id)
+        Self::scaled(v, scale) + self.feat_bias.values.get(id)
+    }
+
+    /// `v` over its feature's scale, before the feature bias is added.
+    #[inline(always)]
+    pub fn scaled(v: f32, scale: f32) -> f32 {
+        v / scale.max(MIN_SCALE)
     }
 
     /// Inference-time value: reads `max_abs` only.

@@ -334,9 +334,9 @@ impl Model {
         let step = self.config.optimizer.step(t);
         let width = self.config.sparse_width;
         let undo = &mut ws.undo;
-        let mut ok = step.apply_rows(&self.sparse.weight, 0, &ws.slots.ids, width, &ws.grad_rows, undo);
+        let mut ok = step.apply_rows(&self.sparse.weight, 0, &ws.batch.slots.ids, width, &ws.grad_rows, undo);
         if let Some(norm) = &self.norm {
-            ok = ok && step.apply_rows(&norm.feat_bias, 1, &ws.slots.ids, 1, &ws.grad_feat_bias, undo);
+            ok = ok && step.apply_rows(&norm.feat_bias, 1, &ws.batch.slots.ids, 1, &ws.grad_feat_bias, undo);
         }
         ok = ok && step.apply_rows(&self.sparse.bias, 2, &[0], width, &ws.grad_sparse_bias, undo);
         for (l, layer) in self.dense.iter().enumerate() {

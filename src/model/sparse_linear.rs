@@ -7,7 +7,7 @@ use std::ops::Range;
 use crate::data::{CsrView, Idx};
 use crate::error::Result;
 use crate::features::Normalizer;
-use crate::model::workspace::{zeroed, Workspace};
+use crate::model::workspace::{zeroed, PreparedBatch, Workspace};
 use crate::optim::{OptimizerKind, Param};
 use crate::rng::hash_to_unit;
 use crate::train::shared::load;
@@ -16,6 +16,14 @@ use crate::train::SharedF32;
 /// Columns per block of the feature-bias gradient in column-partitioned training; threads own
 /// whole blocks.
 pub const COLUMN_BLOCK: usize = 8;
+
+/// When `SparseLinear::prepare` runs: in the batch's turn, or ahead of it (while the batch
+/// before it is still training).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Prepare {
+    Now,
+    Ahead,
+}
 
 pub struct SparseLinear {
     pub weight: Param,
@@ -45,82 +53,116 @@ impl SparseLinear {
     /// max_abs), assigns each distinct id a slot, then gathers W rows into `ws.row_cache` and
     /// sums them into `ws.pre[0]` (B x width).
     #[inline(never)] // a per-batch call: keeps profiles readable
-    pub fn forward_train<P: Idx, I: Idx>(
+    pub fn forward_train<P: Idx, I: Idx>(&self, x: &CsrView<'_, P, I>, rows: &[u32], norm: Option<&Normalizer>, ws: &mut Workspace) {
+        self.prepare(x, rows, norm, Prepare::Now, &mut ws.batch);
+        let width = self.width;
+        zeroed(&mut ws.row_cache, ws.batch.slots.len() * width);
+        self.load_rows(&ws.batch.slots.ids, 0, &mut ws.row_cache);
+        zeroed(&mut ws.sparse_bias, width);
+        self.bias.values.load_into(0, &mut ws.sparse_bias);
+        zeroed(&mut ws.pre[0], ws.batch.row_end.len() * width);
+        self.sum_rows(&ws.batch, &ws.sparse_bias, &ws.row_cache, 0, &mut ws.pre[0]);
+    }
+
+    /// The first half of the forward pass: each non-zero's input y (normalized in batch order,
+    /// max_abs updated) and slot, with the id of every slot. `Prepare::Ahead` leaves the feature
+    /// bias out of y (it may still change before the batch's turn; `add_feature_bias` adds it
+    /// then) and logs every max_abs it raises in `batch.raised`.
+    pub fn prepare<P: Idx, I: Idx>(
         &self,
         x: &CsrView<'_, P, I>,
         rows: &[u32],
         norm: Option<&Normalizer>,
-        ws: &mut Workspace,
+        mode: Prepare,
+        batch: &mut PreparedBatch,
     ) {
-        self.prepare(x, rows, norm, ws);
-        let width = self.width;
-        let (mut cache, mut h) = (std::mem::take(&mut ws.row_cache), std::mem::take(&mut ws.pre[0]));
-        self.gather(ws, 0..width, &mut cache, &mut h);
-        ws.row_cache = cache;
-        ws.pre[0] = h;
-    }
-
-    /// The first half of the forward pass: each non-zero's input y (normalized in batch order,
-    /// max_abs updated) and slot, with the id of every slot.
-    pub fn prepare<P: Idx, I: Idx>(&self, x: &CsrView<'_, P, I>, rows: &[u32], norm: Option<&Normalizer>, ws: &mut Workspace) {
         // The batch's ids in order, so the loop below can prefetch the normalization state of
         // the id PREFETCH_DISTANCE non-zeros ahead (random entries of large arrays).
         const PREFETCH_DISTANCE: usize = 12;
-        ws.nnz_ids.clear();
+        batch.nnz_ids.clear();
         for &r in rows {
-            ws.nnz_ids.extend(x.row(r as usize).0.iter().map(|id| id.as_usize() as u64));
+            batch.nnz_ids.extend(x.row(r as usize).0.iter().map(|id| id.as_usize() as u64));
         }
-        ws.slots.reset(ws.nnz_ids.len());
-        ws.nnz_slot.clear();
-        ws.nnz_y.clear();
-        ws.row_end.clear();
+        batch.slots.reset(batch.nnz_ids.len());
+        batch.nnz_slot.clear();
+        batch.nnz_y.clear();
+        batch.row_end.clear();
+        batch.raised.clear();
         let mut k = 0;
         for &r in rows {
             let (ids, values) = x.row(r as usize);
             for (&id, &v) in ids.iter().zip(values) {
-                if let (Some(&ahead), Some(n)) = (ws.nnz_ids.get(k + PREFETCH_DISTANCE), norm) {
+                if let (Some(&ahead), Some(n)) = (batch.nnz_ids.get(k + PREFETCH_DISTANCE), norm) {
                     n.max_abs.prefetch(ahead as usize, 1);
-                    n.feat_bias.values.prefetch(ahead as usize, 1);
+                    if mode == Prepare::Now {
+                        n.feat_bias.values.prefetch(ahead as usize, 1);
+                    }
                 }
                 k += 1;
                 let id = id.as_usize();
-                let y = match norm {
-                    Some(n) => n.train_value(id, v),
-                    None => v,
+                let y = match (norm, mode) {
+                    (Some(n), Prepare::Now) => n.train_value(id, v),
+                    (Some(n), Prepare::Ahead) => {
+                        let (old, scale) = n.max_abs.raise(id, v.abs());
+                        if scale != old {
+                            batch.raised.push((id, old));
+                        }
+                        Normalizer::scaled(v, scale)
+                    }
+                    (None, _) => v,
                 };
-                ws.nnz_slot.push(ws.slots.slot_of(id as u64).0);
-                ws.nnz_y.push(y);
+                batch.nnz_slot.push(batch.slots.slot_of(id as u64).0);
+                batch.nnz_y.push(y);
             }
-            ws.row_end.push(ws.nnz_y.len());
+            batch.row_end.push(batch.nnz_y.len());
         }
     }
 
-    /// The second half of the forward pass for columns `cols`: loads those columns of each
-    /// slot's W row once into `cache` (slots x cols) and writes `h` (B x cols) = bias + the
-    /// gather-sum. Rows a few slots ahead are prefetched.
-    pub fn gather(&self, ws: &Workspace, cols: Range<usize>, cache: &mut Vec<f32>, h: &mut Vec<f32>) {
-        const AHEAD: usize = 8;
-        let (width, cw) = (self.width, cols.len());
-        let ids = &ws.slots.ids;
-        cache.clear();
-        cache.resize(ids.len() * cw, 0.0);
-        for (s, &id) in ids.iter().enumerate() {
-            if let Some(&ahead) = ids.get(s + AHEAD) {
-                self.weight.values.prefetch(ahead as usize * width + cols.start, cw);
-            }
-            self.weight.values.load_into(id as usize * width + cols.start, &mut cache[s * cw..(s + 1) * cw]);
+    /// Completes a batch prepared with `Prepare::Ahead`: adds each id's current feature bias.
+    pub fn add_feature_bias(norm: &Normalizer, batch: &mut PreparedBatch, fb_of_slot: &mut Vec<f32>) {
+        fb_of_slot.clear();
+        fb_of_slot.extend(batch.slots.ids.iter().map(|&id| norm.feat_bias.values.get(id as usize)));
+        for (y, &slot) in batch.nnz_y.iter_mut().zip(&batch.nnz_slot) {
+            *y += fb_of_slot[slot as usize];
         }
-        let n = ws.row_end.len();
-        h.clear();
-        h.resize(n * cw, 0.0);
-        let mut start = 0;
-        for (b, &end) in ws.row_end.iter().enumerate() {
-            let h_row = &mut h[b * cw..(b + 1) * cw];
-            self.bias.values.load_into(cols.start, h_row);
+    }
+
+    /// Forgets a batch prepared with `Prepare::Ahead` that will not be trained: puts back the
+    /// max_abs values it raised.
+    pub fn unprepare(norm: Option<&Normalizer>, batch: &mut PreparedBatch) {
+        if let Some(n) = norm {
+            for &(id, old) in batch.raised.iter().rev() {
+                n.max_abs.set(id, old);
+            }
+        }
+        batch.raised.clear();
+    }
+
+    /// Loads the W rows of slots `first_slot..` into `cache` (whole rows, `cache.len() / width`
+    /// of them), prefetching a few rows ahead.
+    pub fn load_rows(&self, ids: &[u64], first_slot: usize, cache: &mut [f32]) {
+        const AHEAD: usize = 8;
+        let width = self.width;
+        let ids = &ids[first_slot..first_slot + cache.len() / width];
+        for (s, (&id, row)) in ids.iter().zip(cache.chunks_exact_mut(width)).enumerate() {
+            if let Some(&ahead) = ids.get(s + AHEAD) {
+                self.weight.values.prefetch(ahead as usize * width, width);
+            }
+            self.weight.values.load_into(id as usize * width, row);
+        }
+    }
+
+    /// `h` (batch rows `first_row..`, whole rows) = bias + the gather-sum over `cache` (slots x
+    /// width, from `load_rows`).
+    pub fn sum_rows(&self, batch: &PreparedBatch, bias: &[f32], cache: &[f32], first_row: usize, h: &mut [f32]) {
+        let width = self.width;
+        let mut start = if first_row == 0 { 0 } else { batch.row_end[first_row - 1] };
+        for (h_row, &end) in h.chunks_exact_mut(width).zip(&batch.row_end[first_row..]) {
+            h_row.copy_from_slice(bias);
             for k in start..end {
-                let slot = ws.nnz_slot[k] as usize;
-                let y = ws.nnz_y[k];
-                for (hj, &w) in h_row.iter_mut().zip(&cache[slot * cw..(slot + 1) * cw]) {
+                let slot = batch.nnz_slot[k] as usize;
+                let y = batch.nnz_y[k];
+                for (hj, &w) in h_row.iter_mut().zip(&cache[slot * width..(slot + 1) * width]) {
                     *hj += w * y;
                 }
             }
@@ -128,15 +170,15 @@ impl SparseLinear {
         }
     }
 
-    /// Backward pass for columns `cols` only (column-partitioned training): `grad`
-    /// (slots x cols) gets dW; `fb_parts` (non-zeros x column blocks of `cols`) gets, per block
+    /// Backward pass for columns `cols` only (column-partitioned training), from `cache` (the
+    /// batch's W rows, slots x width): `grad` (slots x cols) gets dW; `fb_parts` (non-zeros x column blocks of `cols`) gets, per block
     /// of COLUMN_BLOCK columns, that block's share of each non-zero's feature-bias gradient, so
     /// that the full sum, added up block by block in a fixed order, does not depend on how
     /// columns were split between threads; `bias_grad` gets the bias gradient of `cols`.
     #[allow(clippy::too_many_arguments)]
     pub fn backward_columns(
         &self,
-        ws: &Workspace,
+        batch: &PreparedBatch,
         dh: &[f32],
         cols: Range<usize>,
         cache: &[f32],
@@ -147,24 +189,24 @@ impl SparseLinear {
     ) {
         let (width, cw) = (self.width, cols.len());
         let blocks = cw.div_ceil(COLUMN_BLOCK);
-        zeroed(grad, ws.slots.len() * cw);
+        zeroed(grad, batch.slots.len() * cw);
         fb_parts.clear();
-        fb_parts.resize(ws.nnz_y.len() * blocks, 0.0);
+        fb_parts.resize(batch.nnz_y.len() * blocks, 0.0);
         bias_acc.clear();
         bias_acc.resize(cw, 0.0);
         let mut start = 0;
-        for (b, &end) in ws.row_end.iter().enumerate() {
+        for (b, &end) in batch.row_end.iter().enumerate() {
             let dh_row = &dh[b * width + cols.start..b * width + cols.end];
             for (acc, &d) in bias_acc.iter_mut().zip(dh_row) {
                 *acc += d as f64;
             }
             for k in start..end {
-                let slot = ws.nnz_slot[k] as usize;
-                let y = ws.nnz_y[k];
+                let slot = batch.nnz_slot[k] as usize;
+                let y = batch.nnz_y[k];
                 for (g, &d) in grad[slot * cw..(slot + 1) * cw].iter_mut().zip(dh_row) {
                     *g += d * y;
                 }
-                let w_row = &cache[slot * cw..(slot + 1) * cw];
+                let w_row = &cache[slot * width + cols.start..slot * width + cols.end];
                 for (blk, (w_blk, d_blk)) in w_row.chunks(COLUMN_BLOCK).zip(dh_row.chunks(COLUMN_BLOCK)).enumerate() {
                     fb_parts[k * blocks + blk] = w_blk.iter().zip(d_blk).map(|(&w, &d)| w * d).sum();
                 }
@@ -197,20 +239,20 @@ impl SparseLinear {
     /// normalizing) and the bias gradient.
     #[inline(never)] // a per-batch call: keeps profiles readable
     pub fn backward(&self, dh: &[f32], with_feat_bias: bool, ws: &mut Workspace) {
-        debug_assert_eq!(ws.row_cache.len(), ws.slots.len() * self.width);
+        debug_assert_eq!(ws.row_cache.len(), ws.batch.slots.len() * self.width);
         let width = self.width;
-        let n_unique = ws.slots.len();
+        let n_unique = ws.batch.slots.len();
         zeroed(&mut ws.grad_rows, n_unique * width);
         zeroed(&mut ws.grad_feat_bias, if with_feat_bias { n_unique } else { 0 });
         super::dense::column_sums(dh, width, &mut ws.bias_acc);
         ws.grad_sparse_bias.clear();
         ws.grad_sparse_bias.extend(ws.bias_acc.iter().map(|&s| s as f32));
         let mut start = 0;
-        for (b, &end) in ws.row_end.iter().enumerate() {
+        for (b, &end) in ws.batch.row_end.iter().enumerate() {
             let dh_row = &dh[b * width..(b + 1) * width];
             for k in start..end {
-                let slot = ws.nnz_slot[k] as usize;
-                let y = ws.nnz_y[k];
+                let slot = ws.batch.nnz_slot[k] as usize;
+                let y = ws.batch.nnz_y[k];
                 let g_row = &mut ws.grad_rows[slot * width..(slot + 1) * width];
                 for (g, &d) in g_row.iter_mut().zip(dh_row) {
                     *g += d * y;

@@ -65,10 +65,11 @@ impl RowSlots {
     }
 }
 
-/// Scratch buffers of one training thread. `pre[0]` is the sparse layer output h; for layer l,
-/// `act[l]` is its input and `pre[l + 1]` its output before the ReLU.
+/// A batch as the sparse layer sees it (`SparseLinear::prepare`): its distinct ids and, per
+/// non-zero, slot and input. Kept apart from the rest of the workspace so that the next batch can
+/// be prepared while this one runs through the dense layers (column-partitioned training).
 #[derive(Default)]
-pub struct Workspace {
+pub struct PreparedBatch {
     pub slots: RowSlots,
     /// Per non-zero of the batch, in batch order: its id, its slot and the sparse layer input y.
     pub nnz_ids: Vec<u64>,
@@ -76,6 +77,16 @@ pub struct Workspace {
     pub nnz_y: Vec<f32>,
     /// End offset (into nnz_*) of each batch row.
     pub row_end: Vec<usize>,
+    /// `max_abs` entries this batch raised, with their old values, when prepared ahead of its
+    /// turn: a prepared batch that is never trained (a stop, a divergence) is undone with them.
+    pub raised: Vec<(usize, f32)>,
+}
+
+/// Scratch buffers of one training thread. `pre[0]` is the sparse layer output h; for layer l,
+/// `act[l]` is its input and `pre[l + 1]` its output before the ReLU.
+#[derive(Default)]
+pub struct Workspace {
+    pub batch: PreparedBatch,
     /// The W row of each slot, loaded once per batch at its first use (batch-level dedup: a hot
     /// feature in most rows is read from shared memory once, and the math runs on plain floats).
     pub row_cache: Vec<f32>,

@@ -7,6 +7,8 @@ pub mod ftrl;
 pub mod lazy_adam;
 pub mod sgd;
 
+use std::ops::Range;
+
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
@@ -110,16 +112,19 @@ pub struct Param {
 impl Param {
     pub fn new(values: SharedF32, shape: Vec<usize>, kind: OptimizerKind, regularized: bool) -> Result<Self> {
         debug_assert_eq!(values.len(), shape.iter().product::<usize>());
-        let slots = kind
-            .slot_names()
-            .iter()
-            .map(|_| SharedF32::filled(values.len(), kind.slot_init()))
-            .collect::<Result<Vec<_>>>()?;
+        let slots = kind.slot_names().iter().map(|_| SharedF32::filled(values.len(), kind.slot_init())).collect::<Result<Vec<_>>>()?;
         Ok(Self { values, slots, shape, regularized })
     }
 
     pub fn len(&self) -> usize {
         self.values.len()
+    }
+
+    /// Hints the CPU to bring `[start, start + len)` of the values and every slot into cache.
+    #[inline(always)]
+    pub fn prefetch(&self, start: usize, len: usize) {
+        self.values.prefetch(start, len);
+        self.slots.iter().for_each(|s| s.prefetch(start, len));
     }
 
     pub fn is_empty(&self) -> bool {
@@ -163,47 +168,104 @@ impl Step {
         grads: &[f32],
         undo: &mut UndoLog,
     ) -> bool {
-        const CHUNK: usize = 64;
         const AHEAD: usize = 6;
         debug_assert_eq!(rows.len() * width, grads.len());
-        let (l1, l2) = if param.regularized { (self.l1, self.l2) } else { (0.0, 0.0) };
-        let mut w = [0.0f32; CHUNK];
-        let mut s0 = [0.0f32; CHUNK];
-        let mut s1 = [0.0f32; CHUNK];
-        let n_slots = param.slots.len();
+        let mut scratch = Scratch::default();
         for (k, &row) in rows.iter().enumerate() {
             if let Some(&ahead) = rows.get(k + AHEAD) {
-                let at = ahead as usize * stride + col_start;
-                param.values.prefetch(at, width);
-                param.slots.iter().for_each(|s| s.prefetch(at, width));
+                param.prefetch(ahead as usize * stride + col_start, width);
             }
-            let row_grads = &grads[k * width..(k + 1) * width];
-            for (c, g) in row_grads.chunks(CHUNK).enumerate() {
-                let start = row as usize * stride + col_start + c * CHUNK;
-                let n = g.len();
-                let (w, s0, s1) = (&mut w[..n], &mut s0[..n], &mut s1[..n]);
-                param.values.load_into(start, w);
-                for (slot, buf) in param.slots.iter().zip([&mut *s0, &mut *s1]) {
-                    slot.load_into(start, buf);
-                }
-                undo.record(key, start, [&*w, &*s0, &*s1].into_iter().take(1 + n_slots));
-                match self.kind {
-                    OptimizerKind::Sgd => sgd::update(w, g, self.learning_rate, l2),
-                    OptimizerKind::LazyAdam => lazy_adam::update(w, s0, s1, g, self.lr_t, l2),
-                    OptimizerKind::Adagrad => adagrad::update(w, s0, g, self.learning_rate, l2),
-                    OptimizerKind::Ftrl => ftrl::update(w, s0, s1, g, self.learning_rate, l1, l2),
-                }
-                let finite = |v: &[f32]| v.iter().fold(true, |ok, x| ok & x.is_finite());
-                if !(finite(w) && (n_slots < 1 || finite(s0)) && (n_slots < 2 || finite(s1))) {
+            let start = row as usize * stride + col_start;
+            if !self.update_run(param, key, start, &grads[k * width..(k + 1) * width], &mut scratch, undo) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Like `apply_rows` for whole rows `stride` long whose gradients come in column parts
+    /// (see `GradPart`). Each row is updated part after part while it is in cache.
+    pub fn apply_rows_in_parts<'g>(
+        &self,
+        param: &Param,
+        key: u32,
+        rows: &[u64],
+        stride: usize,
+        parts: impl Iterator<Item = GradPart<'g>> + Clone,
+        undo: &mut UndoLog,
+    ) -> bool {
+        const AHEAD: usize = 6;
+        let mut scratch = Scratch::default();
+        for (k, &row) in rows.iter().enumerate() {
+            if let Some(&ahead) = rows.get(k + AHEAD) {
+                param.prefetch(ahead as usize * stride, stride);
+            }
+            for part in parts.clone() {
+                let cw = part.cols.len();
+                let start = row as usize * stride + part.cols.start;
+                if !self.update_run(param, key, start, &part.grads[k * cw..(k + 1) * cw], &mut scratch, undo) {
                     return false;
-                }
-                param.values.store_from(start, w);
-                for (slot, buf) in param.slots.iter().zip([&*s0, &*s1]) {
-                    slot.store_from(start, buf);
                 }
             }
         }
         true
+    }
+
+    /// Updates `[start, start + grads.len())` of `param`: each chunk is loaded from the shared
+    /// buffers into stack arrays, updated with vectorizable plain math and stored back, its old
+    /// values logged first. Returns false, storing nothing, if the chunk would become non-finite.
+    #[inline(always)]
+    fn update_run(&self, param: &Param, key: u32, start: usize, grads: &[f32], scratch: &mut Scratch, undo: &mut UndoLog) -> bool {
+        let (l1, l2) = if param.regularized { (self.l1, self.l2) } else { (0.0, 0.0) };
+        let n_slots = param.slots.len();
+        for (c, g) in grads.chunks(CHUNK).enumerate() {
+            let start = start + c * CHUNK;
+            let n = g.len();
+            let (w, s0, s1) = (&mut scratch.w[..n], &mut scratch.s0[..n], &mut scratch.s1[..n]);
+            param.values.load_into(start, w);
+            for (slot, buf) in param.slots.iter().zip([&mut *s0, &mut *s1]) {
+                slot.load_into(start, buf);
+            }
+            undo.record(key, start, [&*w, &*s0, &*s1].into_iter().take(1 + n_slots));
+            match self.kind {
+                OptimizerKind::Sgd => sgd::update(w, g, self.learning_rate, l2),
+                OptimizerKind::LazyAdam => lazy_adam::update(w, s0, s1, g, self.lr_t, l2),
+                OptimizerKind::Adagrad => adagrad::update(w, s0, g, self.learning_rate, l2),
+                OptimizerKind::Ftrl => ftrl::update(w, s0, s1, g, self.learning_rate, l1, l2),
+            }
+            let finite = |v: &[f32]| v.iter().fold(true, |ok, x| ok & x.is_finite());
+            if !(finite(w) && (n_slots < 1 || finite(s0)) && (n_slots < 2 || finite(s1))) {
+                return false;
+            }
+            param.values.store_from(start, w);
+            for (slot, buf) in param.slots.iter().zip([&*s0, &*s1]) {
+                slot.store_from(start, buf);
+            }
+        }
+        true
+    }
+}
+
+/// Columns `cols` of the gradients of a list of rows (rows x `cols.len()`).
+#[derive(Clone)]
+pub struct GradPart<'g> {
+    pub cols: Range<usize>,
+    pub grads: &'g [f32],
+}
+
+/// Elements per chunk of an optimizer update (stack arrays of this size).
+const CHUNK: usize = 64;
+
+/// Stack copies of one chunk of weights and optimizer slots.
+struct Scratch {
+    w: [f32; CHUNK],
+    s0: [f32; CHUNK],
+    s1: [f32; CHUNK],
+}
+
+impl Default for Scratch {
+    fn default() -> Self {
+        Self { w: [0.0; CHUNK], s0: [0.0; CHUNK], s1: [0.0; CHUNK] }
     }
 }
 

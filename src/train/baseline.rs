@@ -32,7 +32,7 @@ pub fn fit_dense_baseline<P: Idx, I: Idx>(model: &Model, data: &TrainData<'_, P,
             dense_w.par_chunks_mut(1 << 16).for_each(|c| c.fill(0.0));
             dense_fb.par_chunks_mut(1 << 16).for_each(|c| c.fill(0.0));
         });
-        for (slot, &id) in ws.slots.ids.iter().enumerate() {
+        for (slot, &id) in ws.batch.slots.ids.iter().enumerate() {
             let id = id as usize;
             dense_w[id * width..(id + 1) * width].copy_from_slice(&ws.grad_rows[slot * width..(slot + 1) * width]);
             if let Some(g) = dense_fb.get_mut(id) {

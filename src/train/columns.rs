@@ -1,10 +1,16 @@
-//! Column-partitioned training (the talk's "approach B"): every thread works on the same batch
-//! and owns a contiguous range of the sparse layer's output columns, with those columns of W,
-//! of its bias and of their optimizer state. Normalization, the dense layers and the loss run on
-//! the calling thread. No two threads write the same memory, and every float is computed by the
-//! same sequence of operations whatever the thread count (the feature-bias gradient is summed
-//! per block of `COLUMN_BLOCK` columns, blocks added in a fixed order), so a run is bit-for-bit
-//! reproducible for a seed, on 1 thread or 16.
+//! Column-partitioned training (the talk's "approach B"): every thread works on the same batch.
+//! The sparse layer's math is split by output column: each thread computes the gradient of its
+//! own range of columns of W and of the sparse bias, for every row of the batch. The memory
+//! traffic is split by row instead: loading the batch's W rows and writing their updates (W,
+//! feature bias, optimizer state) is divided by ranges of distinct ids, whole rows each, since a
+//! W row of 50 floats is rarely a whole number of cache lines and threads splitting every row by
+//! columns would both miss on the same lines. Normalization of the next batch runs beside the
+//! dense layers and the loss of this one.
+//!
+//! No two threads write the same memory, and every float is computed by the same sequence of
+//! operations whatever the thread count (the feature-bias gradient is summed per block of
+//! `COLUMN_BLOCK` columns, blocks added in a fixed order), so a run is bit-for-bit reproducible
+//! for a seed, on 1 thread or 16.
 
 use std::ops::Range;
 
@@ -12,165 +18,256 @@ use rayon::ThreadPool;
 
 use crate::data::Idx;
 use crate::error::{Error, Result};
-use crate::model::sparse_linear::COLUMN_BLOCK;
-use crate::model::workspace::{zeroed, Workspace};
+use crate::model::sparse_linear::{Prepare, COLUMN_BLOCK};
+use crate::model::workspace::{zeroed, PreparedBatch, Workspace};
 use crate::model::{Batch, Model};
-use crate::optim::UndoLog;
+use crate::optim::{GradPart, UndoLog};
 
-/// One thread's columns and its scratch buffers.
+/// One thread's columns and its gradient buffers.
 #[derive(Default)]
-pub struct ColumnPart {
-    pub cols: Range<usize>,
-    cache: Vec<f32>,
-    h: Vec<f32>,
+struct ColumnPart {
+    cols: Range<usize>,
     grad: Vec<f32>,
     fb_parts: Vec<f32>,
     bias_acc: Vec<f64>,
     bias_grad: Vec<f32>,
+    ok: bool,
+}
+
+/// One thread's share of the update: its undo log and whether its rows stayed finite.
+#[derive(Default)]
+struct RowWorker {
     undo: UndoLog,
     ok: bool,
 }
 
 /// Splits `width` columns into at most `threads` ranges of whole blocks.
-pub fn split_columns(width: usize, threads: usize) -> Vec<ColumnPart> {
+pub fn split_columns(width: usize, threads: usize) -> Vec<Range<usize>> {
     let blocks = width.div_ceil(COLUMN_BLOCK);
     let t = threads.clamp(1, blocks.max(1));
     (0..t)
         .map(|i| {
             let (b0, b1) = (i * blocks / t, (i + 1) * blocks / t);
-            ColumnPart { cols: b0 * COLUMN_BLOCK..(b1 * COLUMN_BLOCK).min(width), ..Default::default() }
+            b0 * COLUMN_BLOCK..(b1 * COLUMN_BLOCK).min(width)
         })
         .collect()
+}
+
+/// The `i`-th of `parts` near-equal ranges of `0..n`.
+fn share(n: usize, i: usize, parts: usize) -> Range<usize> {
+    n * i / parts..n * (i + 1) / parts
 }
 
 fn finite(v: &[f32]) -> bool {
     v.iter().fold(true, |ok, x| ok & x.is_finite())
 }
 
-/// One step on `batch`; the same contract as `Model::train_batch` (never leaves non-finite
-/// weights; on a non-finite loss the previous update is undone).
-pub fn train_batch_columns<P: Idx, I: Idx>(
-    model: &Model,
-    batch: &Batch<'_, '_, P, I>,
-    ws: &mut Workspace,
-    parts: &mut [ColumnPart],
-    pool: &ThreadPool,
-) -> Result<f64> {
-    let n = batch.rows.len();
-    if n == 0 {
-        return Err(crate::invalid!("empty batch"));
-    }
-    let width = model.config.sparse_width;
-    let sparse = &model.sparse;
-    sparse.prepare(batch.x, batch.rows, model.norm.as_ref(), ws);
-    {
-        let ws: &Workspace = ws;
-        pool.scope(|s| {
-            for part in parts.iter_mut() {
-                s.spawn(move |_| sparse.gather(ws, part.cols.clone(), &mut part.cache, &mut part.h));
-            }
-        });
-    }
-    zeroed(&mut ws.pre[0], n * width);
-    for part in parts.iter() {
-        let cw = part.cols.len();
-        for b in 0..n {
-            ws.pre[0][b * width + part.cols.start..b * width + part.cols.end].copy_from_slice(&part.h[b * cw..(b + 1) * cw]);
-        }
-    }
-    let mean_loss = match model.dense_and_loss(batch, ws) {
-        Ok(loss) => loss,
-        Err(Error::Diverged(why)) => {
-            let logs: Vec<&UndoLog> = parts.iter().map(|p| &p.undo).chain(std::iter::once(&ws.undo)).collect();
-            model.undo_logs(&logs);
-            parts.iter_mut().for_each(|p| p.undo.clear());
-            ws.undo.clear();
-            return Err(Error::Diverged(format!("{why}; the previous update was undone")));
-        }
-        Err(e) => return Err(e),
-    };
-    let with_feat_bias = model.norm.is_some();
-    {
-        let ws: &Workspace = ws;
-        let dh = &ws.d_pre[0];
-        pool.scope(|s| {
-            for part in parts.iter_mut() {
-                s.spawn(move |_| {
-                    let p = part;
-                    sparse.backward_columns(ws, dh, p.cols.clone(), &p.cache, &mut p.grad, &mut p.fb_parts, &mut p.bias_acc, &mut p.bias_grad);
-                    p.ok = finite(&p.grad) && finite(&p.bias_grad) && finite(&p.fb_parts);
-                });
-            }
-        });
-    }
-    // Feature-bias gradient: per non-zero, the blocks' shares in column order.
-    zeroed(&mut ws.grad_feat_bias, if with_feat_bias { ws.slots.len() } else { 0 });
-    if with_feat_bias {
-        for k in 0..ws.nnz_y.len() {
-            let mut dy = 0.0f32;
-            for part in parts.iter() {
-                let blocks = part.cols.len().div_ceil(COLUMN_BLOCK);
-                dy = part.fb_parts[k * blocks..(k + 1) * blocks].iter().fold(dy, |acc, &v| acc + v);
-            }
-            ws.grad_feat_bias[ws.nnz_slot[k] as usize] += dy;
-        }
-    }
-    if !(parts.iter().all(|p| p.ok)
-        && finite(&ws.grad_feat_bias)
-        && ws.grad_dense_w.iter().all(|g| finite(g))
-        && ws.grad_dense_b.iter().all(|g| finite(g)))
-    {
-        let logs: Vec<&UndoLog> = parts.iter().map(|p| &p.undo).chain(std::iter::once(&ws.undo)).collect();
-        model.undo_logs(&logs);
-        parts.iter_mut().for_each(|p| p.undo.clear());
-        ws.undo.clear();
-        return Err(Error::Diverged("a gradient is not finite; the previous update was undone".into()));
+/// Column-partitioned training of one model through one pass over batches, in order.
+pub struct ColumnTrainer<'m> {
+    model: &'m Model,
+    ws: Workspace,
+    parts: Vec<ColumnPart>,
+    workers: Vec<RowWorker>,
+    /// The next batch, normalized while this one ran through the dense layers.
+    ahead: PreparedBatch,
+    ahead_of: Option<usize>,
+    fb_of_slot: Vec<f32>,
+}
+
+impl<'m> ColumnTrainer<'m> {
+    pub fn new(model: &'m Model, threads: usize) -> Self {
+        let parts: Vec<ColumnPart> =
+            split_columns(model.config.sparse_width, threads).into_iter().map(|cols| ColumnPart { cols, ..Default::default() }).collect();
+        let workers = parts.iter().map(|_| RowWorker::default()).collect();
+        Self { model, ws: model.workspace(), parts, workers, ahead: PreparedBatch::default(), ahead_of: None, fb_of_slot: Vec::new() }
     }
 
-    // Update: each thread its columns; the calling thread the feature bias and dense layers.
-    let t = model.step.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-    let step = model.config.optimizer.step(t);
-    {
-        let ids = &ws.slots.ids;
-        let n_parts = parts.len();
-        pool.scope(|s| {
-            for (t, part) in parts.iter_mut().enumerate() {
-                s.spawn(move |_| {
-                    let p = part;
-                    let (c0, cw) = (p.cols.start, p.cols.len());
-                    p.undo.clear();
-                    // A row of W is rarely a whole number of cache lines, so neighbouring column
-                    // ranges share a line in most rows. Each thread starts at its own point of
-                    // the row list, so two threads do not write the same line at the same time.
-                    let k = ids.len() * t / n_parts;
-                    let (first, second) = (ids.split_at(k).1, ids.split_at(k).0);
-                    let (g_first, g_second) = (&p.grad[k * cw..], &p.grad[..k * cw]);
-                    p.ok = step.apply_row_range(&sparse.weight, 0, first, width, c0, cw, g_first, &mut p.undo)
-                        && step.apply_row_range(&sparse.weight, 0, second, width, c0, cw, g_second, &mut p.undo)
-                        && step.apply_row_range(&sparse.bias, 2, &[0], 0, c0, cw, &p.bias_grad, &mut p.undo);
-                });
+    /// Forgets the batch prepared ahead, if any (the pass stopped before its turn).
+    pub fn finish(&mut self) {
+        if self.ahead_of.take().is_some() {
+            crate::model::sparse_linear::SparseLinear::unprepare(self.model.norm.as_ref(), &mut self.ahead);
+        }
+    }
+
+    /// Undoes the last update (this batch's, or the previous one's) and the batch prepared ahead.
+    fn undo_all(&mut self) {
+        let logs: Vec<&UndoLog> = self.workers.iter().map(|w| &w.undo).chain(std::iter::once(&self.ws.undo)).collect();
+        self.model.undo_logs(&logs);
+        self.workers.iter_mut().for_each(|w| w.undo.clear());
+        self.ws.undo.clear();
+        self.finish();
+    }
+
+    /// One step on batch number `index`; `next` is the batch that will follow, if any, to be
+    /// normalized ahead. The same contract as `Model::train_batch` (never leaves non-finite
+    /// weights; on a non-finite loss the previous update is undone).
+    pub fn train_batch<P: Idx, I: Idx>(
+        &mut self,
+        index: usize,
+        batch: &Batch<'_, '_, P, I>,
+        next: Option<(usize, Batch<'_, '_, P, I>)>,
+        pool: &ThreadPool,
+    ) -> Result<f64> {
+        let n = batch.rows.len();
+        if n == 0 {
+            return Err(crate::invalid!("empty batch"));
+        }
+        let model = self.model;
+        let (sparse, norm) = (&model.sparse, model.norm.as_ref());
+        let width = model.config.sparse_width;
+        let threads = self.parts.len();
+
+        // This batch's inputs: normalized ahead (then its feature bias is added now that the
+        // previous update is done), or now.
+        if self.ahead_of == Some(index) {
+            std::mem::swap(&mut self.ws.batch, &mut self.ahead);
+            self.ahead_of = None;
+            self.ws.batch.raised.clear();
+            if let Some(norm) = norm {
+                crate::model::sparse_linear::SparseLinear::add_feature_bias(norm, &mut self.ws.batch, &mut self.fb_of_slot);
             }
-        });
-    }
-    ws.undo.clear();
-    let mut ok = parts.iter().all(|p| p.ok);
-    if let (Some(norm), true) = (&model.norm, ok) {
-        ok = step.apply_rows(&norm.feat_bias, 1, &ws.slots.ids, 1, &ws.grad_feat_bias, &mut ws.undo);
-    }
-    for (l, layer) in model.dense.iter().enumerate() {
-        let key = 3 + 2 * l as u32;
-        ok = ok
-            && step.apply_rows(&layer.weight, key, &[0], layer.n_in * layer.n_out, &ws.grad_dense_w[l], &mut ws.undo)
-            && step.apply_rows(&layer.bias, key + 1, &[0], layer.n_out, &ws.grad_dense_b[l], &mut ws.undo);
-    }
-    if !ok {
-        let logs: Vec<&UndoLog> = parts.iter().map(|p| &p.undo).chain(std::iter::once(&ws.undo)).collect();
-        model.undo_logs(&logs);
-        parts.iter_mut().for_each(|p| p.undo.clear());
+        } else {
+            self.finish();
+            sparse.prepare(batch.x, batch.rows, norm, Prepare::Now, &mut self.ws.batch);
+        }
+
+        // Forward: W rows loaded by ranges of slots, then h summed by ranges of batch rows.
+        {
+            let ws = &mut self.ws;
+            let n_slots = ws.batch.slots.len();
+            zeroed(&mut ws.row_cache, n_slots * width);
+            zeroed(&mut ws.sparse_bias, width);
+            sparse.bias.values.load_into(0, &mut ws.sparse_bias);
+            zeroed(&mut ws.pre[0], n * width);
+            let ids = &ws.batch.slots.ids;
+            pool.scope(|s| {
+                let mut rest = &mut ws.row_cache[..];
+                for i in 0..threads {
+                    let slots = share(n_slots, i, threads);
+                    let (mine, others) = std::mem::take(&mut rest).split_at_mut(slots.len() * width);
+                    rest = others;
+                    s.spawn(move |_| sparse.load_rows(ids, slots.start, mine));
+                }
+            });
+            let (prepared, bias, cache) = (&ws.batch, &ws.sparse_bias, &ws.row_cache);
+            pool.scope(|s| {
+                let mut rest = &mut ws.pre[0][..];
+                for i in 0..threads {
+                    let rows = share(n, i, threads);
+                    let (mine, others) = std::mem::take(&mut rest).split_at_mut(rows.len() * width);
+                    rest = others;
+                    s.spawn(move |_| sparse.sum_rows(prepared, bias, cache, rows.start, mine));
+                }
+            });
+        }
+
+        // Dense layers and loss on one thread, the next batch's normalization on another.
+        let (ws, ahead, ahead_of) = (&mut self.ws, &mut self.ahead, &mut self.ahead_of);
+        let (dense, ()) = pool.join(
+            || model.dense_and_loss(batch, ws),
+            || {
+                if let Some((j, next)) = &next {
+                    sparse.prepare(next.x, next.rows, norm, Prepare::Ahead, ahead);
+                    *ahead_of = Some(*j);
+                }
+            },
+        );
+        let mean_loss = match dense {
+            Ok(loss) => loss,
+            Err(Error::Diverged(why)) => {
+                self.undo_all();
+                return Err(Error::Diverged(format!("{why}; the previous update was undone")));
+            }
+            Err(e) => {
+                self.finish();
+                return Err(e);
+            }
+        };
+
+        // Backward, by columns.
+        let with_feat_bias = norm.is_some();
+        {
+            let ws = &self.ws;
+            let dh = &ws.d_pre[0];
+            pool.scope(|s| {
+                for p in self.parts.iter_mut() {
+                    s.spawn(move |_| {
+                        sparse.backward_columns(
+                            &ws.batch,
+                            dh,
+                            p.cols.clone(),
+                            &ws.row_cache,
+                            &mut p.grad,
+                            &mut p.fb_parts,
+                            &mut p.bias_acc,
+                            &mut p.bias_grad,
+                        );
+                        p.ok = finite(&p.grad) && finite(&p.bias_grad) && finite(&p.fb_parts);
+                    });
+                }
+            });
+        }
+        // Feature-bias gradient: per non-zero, the blocks' shares in column order.
+        let ws = &mut self.ws;
+        zeroed(&mut ws.grad_feat_bias, if with_feat_bias { ws.batch.slots.len() } else { 0 });
+        if with_feat_bias {
+            for k in 0..ws.batch.nnz_y.len() {
+                let mut dy = 0.0f32;
+                for part in &self.parts {
+                    let blocks = part.cols.len().div_ceil(COLUMN_BLOCK);
+                    dy = part.fb_parts[k * blocks..(k + 1) * blocks].iter().fold(dy, |acc, &v| acc + v);
+                }
+                ws.grad_feat_bias[ws.batch.nnz_slot[k] as usize] += dy;
+            }
+        }
+        if !(self.parts.iter().all(|p| p.ok)
+            && finite(&ws.grad_feat_bias)
+            && ws.grad_dense_w.iter().all(|g| finite(g))
+            && ws.grad_dense_b.iter().all(|g| finite(g)))
+        {
+            self.undo_all();
+            return Err(Error::Diverged("a gradient is not finite; the previous update was undone".into()));
+        }
+
+        // Update: each thread whole rows of W and the feature bias for its range of slots; the
+        // calling thread the sparse bias and the dense layers.
+        let t = model.step.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let step = model.config.optimizer.step(t);
+        {
+            let ids = &ws.batch.slots.ids;
+            let (parts, fb_grads) = (&self.parts, &ws.grad_feat_bias);
+            pool.scope(|s| {
+                for (i, w) in self.workers.iter_mut().enumerate() {
+                    s.spawn(move |_| {
+                        let slots = share(ids.len(), i, threads);
+                        let grads = parts.iter().map(|p| {
+                            let cw = p.cols.len();
+                            GradPart { cols: p.cols.clone(), grads: &p.grad[slots.start * cw..slots.end * cw] }
+                        });
+                        w.undo.clear();
+                        let rows = &ids[slots.clone()];
+                        w.ok = step.apply_rows_in_parts(&sparse.weight, 0, rows, width, grads, &mut w.undo)
+                            && norm.is_none_or(|n| step.apply_rows(&n.feat_bias, 1, rows, 1, &fb_grads[slots], &mut w.undo));
+                    });
+                }
+            });
+        }
         ws.undo.clear();
-        return Err(Error::Diverged(
-            "an update would make a weight or optimizer state non-finite; it was not applied".into(),
-        ));
+        ws.grad_sparse_bias.clear();
+        for p in &self.parts {
+            ws.grad_sparse_bias.extend_from_slice(&p.bias_grad);
+        }
+        let mut ok = self.workers.iter().all(|w| w.ok) && step.apply_rows(&sparse.bias, 2, &[0], width, &ws.grad_sparse_bias, &mut ws.undo);
+        for (l, layer) in model.dense.iter().enumerate() {
+            let key = 3 + 2 * l as u32;
+            ok = ok
+                && step.apply_rows(&layer.weight, key, &[0], layer.n_in * layer.n_out, &ws.grad_dense_w[l], &mut ws.undo)
+                && step.apply_rows(&layer.bias, key + 1, &[0], layer.n_out, &ws.grad_dense_b[l], &mut ws.undo);
+        }
+        if !ok {
+            self.undo_all();
+            return Err(Error::Diverged("an update would make a weight or optimizer state non-finite; it was not applied".into()));
+        }
+        Ok(mean_loss)
     }
-    Ok(mean_loss)
 }

@@ -98,14 +98,20 @@ impl SharedF32 {
     /// maximum does not change (it would also bounce the cache line between Hogwild threads).
     #[inline(always)]
     pub fn fetch_max_nonneg(&self, i: usize, value: f32) -> f32 {
+        self.raise(i, value).1
+    }
+
+    /// Like `fetch_max_nonneg`, returning (the value before, the maximum after).
+    #[inline(always)]
+    pub fn raise(&self, i: usize, value: f32) -> (f32, f32) {
         debug_assert!(value >= 0.0);
         let cell = &self.data[i];
         let current = cell.load(Relaxed);
         if value.to_bits() <= current {
-            return f32::from_bits(current);
+            return (f32::from_bits(current), f32::from_bits(current));
         }
         let previous = f32::from_bits(cell.fetch_max(value.to_bits(), Relaxed));
-        previous.max(value)
+        (previous, previous.max(value))
     }
 
     /// Hints the CPU to bring `[start, start + len)` into cache. Out-of-range requests are

@@ -20,11 +20,7 @@ pub struct TrainData<'a, P: Idx, I: Idx> {
 impl<'a, P: Idx, I: Idx> TrainData<'a, P, I> {
     pub fn new(x: CsrView<'a, P, I>, targets: &'a [f32], weights: Option<&'a [f32]>, model: &Model) -> Result<Self> {
         if x.n_features() != model.config.n_features {
-            return Err(invalid!(
-                "X has {} features but the model was built for n_features={}",
-                x.n_features(),
-                model.config.n_features
-            ));
+            return Err(invalid!("X has {} features but the model was built for n_features={}", x.n_features(), model.config.n_features));
         }
         if x.n_rows() == 0 {
             return Err(invalid!("X has no rows: nothing to train on"));
@@ -136,7 +132,8 @@ impl EpochState {
 }
 
 /// One worker: takes batches until `end_batch` or until someone asked to stop, training each
-/// with `train_batch` (Hogwild: the model's own step; columns: the column-partitioned step).
+/// with `train_batch(index, batch)` (Hogwild: the model's own step; columns: the
+/// column-partitioned step).
 #[allow(clippy::too_many_arguments)]
 fn work<P: Idx, I: Idx>(
     data: &TrainData<'_, P, I>,
@@ -144,7 +141,7 @@ fn work<P: Idx, I: Idx>(
     batch_size: usize,
     end_batch: usize,
     state: &EpochState,
-    mut train_batch: impl FnMut(&Batch<'_, '_, P, I>) -> Result<f64>,
+    mut train_batch: impl FnMut(usize, &Batch<'_, '_, P, I>) -> Result<f64>,
     mut tick: impl FnMut() -> Result<()>,
 ) {
     let mut loss_sum = 0.0;
@@ -155,7 +152,7 @@ fn work<P: Idx, I: Idx>(
         }
         let rows = &order[b * batch_size..((b + 1) * batch_size).min(order.len())];
         let batch = Batch { x: &data.x, rows, targets: data.targets, weights: data.weights };
-        match train_batch(&batch) {
+        match train_batch(b, &batch) {
             Ok(loss) => loss_sum += loss * rows.len() as f64,
             Err(e) => {
                 state.fail(e);
@@ -209,11 +206,8 @@ pub fn fit<P: Idx, I: Idx>(
     let mut epoch = 0;
     while epoch < options.epochs && batches_left > 0 {
         let first_batch = model.batches_into_epoch.load(Relaxed) as usize;
-        let shuffle_epoch = if first_batch > 0 {
-            model.epochs_done.load(Relaxed).saturating_sub(1)
-        } else {
-            model.epochs_done.fetch_add(1, Relaxed)
-        };
+        let shuffle_epoch =
+            if first_batch > 0 { model.epochs_done.load(Relaxed).saturating_sub(1) } else { model.epochs_done.fetch_add(1, Relaxed) };
         let end_batch = n_batches.min(first_batch.saturating_add(batches_left));
         let order = epoch_order(n, model.config.seed, shuffle_epoch, options.shuffle);
         let state = EpochState {
@@ -229,8 +223,7 @@ pub fn fit<P: Idx, I: Idx>(
         let mut last_report = Instant::now();
         match &pool {
             Some(pool) if columns => {
-                let mut ws = model.workspace();
-                let mut parts = super::columns::split_columns(model.config.sparse_width, threads);
+                let mut trainer = super::columns::ColumnTrainer::new(model, threads);
                 let mut tick = || {
                     if last_report.elapsed() >= options.progress_every {
                         last_report = Instant::now();
@@ -238,8 +231,20 @@ pub fn fit<P: Idx, I: Idx>(
                     }
                     Ok(())
                 };
-                let train = |batch: &Batch<'_, '_, P, I>| super::columns::train_batch_columns(model, batch, &mut ws, &mut parts, pool);
+                let batch_at = |b: usize| Batch {
+                    x: &data.x,
+                    rows: &order[b * options.batch_size..((b + 1) * options.batch_size).min(order.len())],
+                    targets: data.targets,
+                    weights: data.weights,
+                };
+                // Not past end_batch: a segment of a fit must leave max_abs as it found the
+                // batches after it.
+                let train = |b: usize, batch: &Batch<'_, '_, P, I>| {
+                    let next = (b + 1 < end_batch).then(|| (b + 1, batch_at(b + 1)));
+                    trainer.train_batch(b, batch, next, pool)
+                };
                 work(data, &order, options.batch_size, end_batch, &state, train, &mut tick);
+                trainer.finish();
             }
             None => {
                 let mut tick = || {
@@ -250,7 +255,7 @@ pub fn fit<P: Idx, I: Idx>(
                     Ok(())
                 };
                 let mut ws = model.workspace();
-                work(data, &order, options.batch_size, end_batch, &state, |b| model.train_batch(b, &mut ws), &mut tick);
+                work(data, &order, options.batch_size, end_batch, &state, |_, b| model.train_batch(b, &mut ws), &mut tick);
             }
             Some(pool) => {
                 let finished = AtomicUsize::new(0);
@@ -258,7 +263,7 @@ pub fn fit<P: Idx, I: Idx>(
                     for _ in 0..threads {
                         scope.spawn(|_| {
                             let mut ws = model.workspace();
-                            let train = |b: &Batch<'_, '_, P, I>| model.train_batch(b, &mut ws);
+                            let train = |_, b: &Batch<'_, '_, P, I>| model.train_batch(b, &mut ws);
                             work(data, &order, options.batch_size, end_batch, &state, train, || Ok(()));
                             finished.fetch_add(1, Relaxed);
                         });
@@ -349,13 +354,53 @@ mod tests {
         }
     }
 
+    fn assert_same_tensors(a: &Model, b: &Model) {
+        for ((name, _, x), (_, _, y)) in a.tensors().into_iter().zip(b.tensors()) {
+            assert_eq!(x.to_vec(), y.to_vec(), "{name}");
+        }
+    }
+
     #[test]
     fn segments_follow_the_same_batches_as_one_fit() {
+        for parallel in [Parallel::Hogwild, Parallel::Columns] {
+            segments_follow_the_same_batches(parallel);
+        }
+    }
+
+    /// A stopped column-partitioned fit leaves no trace of the batch it had normalized ahead:
+    /// the model equals one trained on exactly the batches before the stop.
+    #[test]
+    fn a_stop_undoes_the_batch_prepared_ahead() {
+        let day = make_ctr(&CtrSpec { n_rows: 1000, n_features: 1 << 12, seed: 3, ..Default::default() }).unwrap().remove(0);
+        let x = day.matrix.view().unwrap();
+        let options = FitOptions { epochs: 1, batch_size: 64, threads: 2, parallel: Parallel::Columns, ..Default::default() };
+        let reference = model();
+        let data = TrainData::new(x, &day.labels, None, &reference).unwrap();
+        fit(&reference, &data, &FitOptions { max_batches: Some(5), ..options.clone() }, &mut |_| Ok(())).unwrap();
+        let stopped = model();
+        let mut calls = 0;
+        let stop_after_5 = &mut |_: &Progress| {
+            calls += 1;
+            if calls == 5 {
+                Err(Error::Io("stop".into()))
+            } else {
+                Ok(())
+            }
+        };
+        let every_batch = FitOptions { progress_every: Duration::ZERO, ..options };
+        assert!(fit(&stopped, &data, &every_batch, stop_after_5).is_err());
+        assert_eq!(stopped.step.load(Relaxed), 5);
+        assert_same_tensors(&reference, &stopped);
+    }
+
+    fn segments_follow_the_same_batches(parallel: Parallel) {
         let day = make_ctr(&CtrSpec { n_rows: 1000, n_features: 1 << 12, seed: 1, ..Default::default() }).unwrap().remove(0);
         let x = day.matrix.view().unwrap();
         let whole = model();
         let data = TrainData::new(x, &day.labels, None, &whole).unwrap();
-        let options = FitOptions { epochs: 2, batch_size: 64, ..Default::default() };
+        // One Hogwild thread is deterministic; columns are with any count.
+        let threads = if parallel == Parallel::Columns { 2 } else { 1 };
+        let options = FitOptions { epochs: 2, batch_size: 64, threads, parallel, ..Default::default() };
         let r = fit(&whole, &data, &options, &mut |_| Ok(())).unwrap();
         assert_eq!((r.epochs_completed, r.batches), (2, 32));
         let cut = model();
@@ -365,8 +410,6 @@ mod tests {
             batches += fit(&cut, &data, &seg, &mut |_| Ok(())).unwrap().batches;
         }
         assert_eq!(batches, 32);
-        for ((name, _, a), (_, _, b)) in whole.tensors().into_iter().zip(cut.tensors()) {
-            assert_eq!(a.to_vec(), b.to_vec(), "{name}");
-        }
+        assert_same_tensors(&whole, &cut);
     }
 }
