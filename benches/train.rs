@@ -7,18 +7,25 @@ use sparselin::data::synthetic::{make_ctr, CtrSpec};
 use sparselin::data::Task;
 use sparselin::model::{Head, Model, ModelConfig};
 use sparselin::optim::{OptimizerConfig, OptimizerKind};
+use sparselin::train::row_partition::fit_row_partitioned;
 use sparselin::train::{fit, FitOptions, Parallel, TrainData};
 
 fn main() {
     let rows: usize = std::env::var("BENCH_ROWS").ok().and_then(|s| s.parse().ok()).unwrap_or(200_000);
     let threads: usize = std::env::var("BENCH_THREADS").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
+    // BENCH_PARALLEL: hogwild (default), columns, or rows (the talk's approach A, bench only).
+    let row_partitioned = std::env::var("BENCH_PARALLEL").as_deref() == Ok("rows");
     let parallel = match std::env::var("BENCH_PARALLEL").as_deref() {
         Ok("columns") => Parallel::Columns,
         _ => Parallel::Hogwild,
     };
     let day = make_ctr(&CtrSpec { n_rows: rows, n_features: 1 << 20, seed: 0, ..Default::default() }).unwrap().remove(0);
     let x = day.matrix.view().unwrap();
-    println!("make_ctr rows={rows} nnz/row={:.1} threads={threads} parallel={parallel:?}", x.nnz() as f64 / rows as f64);
+    println!(
+        "make_ctr rows={rows} nnz/row={:.1} threads={threads} parallel={}",
+        x.nnz() as f64 / rows as f64,
+        if row_partitioned { "rows".to_string() } else { format!("{parallel:?}") }
+    );
     // BENCH_CASES picks cases, e.g. "MLP:lazy_adam:512,LR:sgd:512"; default: both models with
     // lazy_adam at the talk's three batch sizes.
     let cases: Vec<(String, String, usize)> = match std::env::var("BENCH_CASES") {
@@ -52,7 +59,11 @@ fn main() {
             let mut rates = Vec::new();
             for _ in 0..3 {
                 let start = Instant::now();
-                fit(&model, &data, &options, &mut |_| Ok(())).unwrap();
+                if row_partitioned {
+                    fit_row_partitioned(&model, &data, batch_size, threads).unwrap();
+                } else {
+                    fit(&model, &data, &options, &mut |_| Ok(())).unwrap();
+                }
                 rates.push(rows as f64 / start.elapsed().as_secs_f64());
             }
             rates.sort_by(f64::total_cmp);

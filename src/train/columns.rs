@@ -4,8 +4,9 @@
 //! traffic is split by row instead: loading the batch's W rows and writing their updates (W,
 //! feature bias, optimizer state) is divided by ranges of distinct ids, whole rows each, since a
 //! W row of 50 floats is rarely a whole number of cache lines and threads splitting every row by
-//! columns would both miss on the same lines. Normalization of the next batch runs beside the
-//! dense layers and the loss of this one.
+//! columns would both miss on the same lines. The next batch is normalized on one thread while
+//! the others run this one (it touches only max_abs, which this step no longer reads; its
+//! feature biases are added at its turn).
 //!
 //! No two threads write the same memory, and every float is computed by the same sequence of
 //! operations whatever the thread count (the feature-bias gradient is summed per block of
@@ -23,7 +24,12 @@ use crate::model::workspace::{zeroed, PreparedBatch, Workspace};
 use crate::model::{Batch, Model};
 use crate::optim::{GradPart, UndoLog};
 
-/// One thread's columns and its gradient buffers.
+/// Tasks per thread in each parallel phase of a step.
+const TASKS_PER_THREAD: usize = 4;
+/// Column ranges per thread in the backward pass (each scans every non-zero of the batch).
+const COLUMN_PARTS_PER_THREAD: usize = 1;
+
+/// One task's columns and its gradient buffers.
 #[derive(Default)]
 struct ColumnPart {
     cols: Range<usize>,
@@ -34,17 +40,17 @@ struct ColumnPart {
     ok: bool,
 }
 
-/// One thread's share of the update: its undo log and whether its rows stayed finite.
+/// One task's share of the update: its undo log and whether its rows stayed finite.
 #[derive(Default)]
 struct RowWorker {
     undo: UndoLog,
     ok: bool,
 }
 
-/// Splits `width` columns into at most `threads` ranges of whole blocks.
-pub fn split_columns(width: usize, threads: usize) -> Vec<Range<usize>> {
+/// Splits `width` columns into at most `parts` ranges of whole blocks.
+pub fn split_columns(width: usize, parts: usize) -> Vec<Range<usize>> {
     let blocks = width.div_ceil(COLUMN_BLOCK);
-    let t = threads.clamp(1, blocks.max(1));
+    let t = parts.clamp(1, blocks.max(1));
     (0..t)
         .map(|i| {
             let (b0, b1) = (i * blocks / t, (i + 1) * blocks / t);
@@ -76,9 +82,12 @@ pub struct ColumnTrainer<'m> {
 
 impl<'m> ColumnTrainer<'m> {
     pub fn new(model: &'m Model, threads: usize) -> Self {
-        let parts: Vec<ColumnPart> =
-            split_columns(model.config.sparse_width, threads).into_iter().map(|cols| ColumnPart { cols, ..Default::default() }).collect();
-        let workers = parts.iter().map(|_| RowWorker::default()).collect();
+        let tasks = TASKS_PER_THREAD * threads.max(1);
+        let parts: Vec<ColumnPart> = split_columns(model.config.sparse_width, COLUMN_PARTS_PER_THREAD * threads.max(1))
+            .into_iter()
+            .map(|cols| ColumnPart { cols, ..Default::default() })
+            .collect();
+        let workers = (0..tasks).map(|_| RowWorker::default()).collect();
         Self { model, ws: model.workspace(), parts, workers, ahead: PreparedBatch::default(), ahead_of: None, fb_of_slot: Vec::new() }
     }
 
@@ -98,9 +107,10 @@ impl<'m> ColumnTrainer<'m> {
         self.finish();
     }
 
-    /// One step on batch number `index`; `next` is the batch that will follow, if any, to be
-    /// normalized ahead. The same contract as `Model::train_batch` (never leaves non-finite
-    /// weights; on a non-finite loss the previous update is undone).
+    /// One step on batch number `index`; `next` is the batch that will follow, if any: it is
+    /// normalized on one of the pool's threads while the others run this step. The same
+    /// contract as `Model::train_batch` (never leaves non-finite weights; on a non-finite loss
+    /// the previous update is undone).
     pub fn train_batch<P: Idx, I: Idx>(
         &mut self,
         index: usize,
@@ -108,15 +118,11 @@ impl<'m> ColumnTrainer<'m> {
         next: Option<(usize, Batch<'_, '_, P, I>)>,
         pool: &ThreadPool,
     ) -> Result<f64> {
-        let n = batch.rows.len();
-        if n == 0 {
+        if batch.rows.is_empty() {
             return Err(crate::invalid!("empty batch"));
         }
         let model = self.model;
         let (sparse, norm) = (&model.sparse, model.norm.as_ref());
-        let width = model.config.sparse_width;
-        let threads = self.parts.len();
-
         // This batch's inputs: normalized ahead (then its feature bias is added now that the
         // previous update is done), or now.
         if self.ahead_of == Some(index) {
@@ -130,144 +136,160 @@ impl<'m> ColumnTrainer<'m> {
             self.finish();
             sparse.prepare(batch.x, batch.rows, norm, Prepare::Now, &mut self.ws.batch);
         }
-
-        // Forward: W rows loaded by ranges of slots, then h summed by ranges of batch rows.
-        {
-            let ws = &mut self.ws;
-            let n_slots = ws.batch.slots.len();
-            zeroed(&mut ws.row_cache, n_slots * width);
-            zeroed(&mut ws.sparse_bias, width);
-            sparse.bias.values.load_into(0, &mut ws.sparse_bias);
-            zeroed(&mut ws.pre[0], n * width);
-            let ids = &ws.batch.slots.ids;
-            pool.scope(|s| {
-                let mut rest = &mut ws.row_cache[..];
-                for i in 0..threads {
-                    let slots = share(n_slots, i, threads);
-                    let (mine, others) = std::mem::take(&mut rest).split_at_mut(slots.len() * width);
-                    rest = others;
-                    s.spawn(move |_| sparse.load_rows(ids, slots.start, mine));
-                }
-            });
-            let (prepared, bias, cache) = (&ws.batch, &ws.sparse_bias, &ws.row_cache);
-            pool.scope(|s| {
-                let mut rest = &mut ws.pre[0][..];
-                for i in 0..threads {
-                    let rows = share(n, i, threads);
-                    let (mine, others) = std::mem::take(&mut rest).split_at_mut(rows.len() * width);
-                    rest = others;
-                    s.spawn(move |_| sparse.sum_rows(prepared, bias, cache, rows.start, mine));
-                }
-            });
-        }
-
-        // Dense layers and loss on one thread, the next batch's normalization on another.
-        let (ws, ahead, ahead_of) = (&mut self.ws, &mut self.ahead, &mut self.ahead_of);
-        let (dense, ()) = pool.join(
-            || model.dense_and_loss(batch, ws),
-            || {
+        let (ahead, ahead_of) = (&mut self.ahead, &mut self.ahead_of);
+        let (ws, parts, workers) = (&mut self.ws, &mut self.parts[..], &mut self.workers[..]);
+        // On a pool thread, so that the calling thread does not compete with the pool for cores.
+        let result = pool.install(|| {
+            rayon::in_place_scope(|s| {
                 if let Some((j, next)) = &next {
-                    sparse.prepare(next.x, next.rows, norm, Prepare::Ahead, ahead);
+                    s.spawn(move |_| sparse.prepare(next.x, next.rows, norm, Prepare::Ahead, ahead));
                     *ahead_of = Some(*j);
                 }
-            },
-        );
-        let mean_loss = match dense {
-            Ok(loss) => loss,
+                step_on(model, batch, ws, parts, workers, pool)
+            })
+        });
+        match result {
+            Ok(loss) => Ok(loss),
             Err(Error::Diverged(why)) => {
                 self.undo_all();
-                return Err(Error::Diverged(format!("{why}; the previous update was undone")));
+                Err(Error::Diverged(why))
             }
             Err(e) => {
                 self.finish();
-                return Err(e);
-            }
-        };
-
-        // Backward, by columns.
-        let with_feat_bias = norm.is_some();
-        {
-            let ws = &self.ws;
-            let dh = &ws.d_pre[0];
-            pool.scope(|s| {
-                for p in self.parts.iter_mut() {
-                    s.spawn(move |_| {
-                        sparse.backward_columns(
-                            &ws.batch,
-                            dh,
-                            p.cols.clone(),
-                            &ws.row_cache,
-                            &mut p.grad,
-                            &mut p.fb_parts,
-                            &mut p.bias_acc,
-                            &mut p.bias_grad,
-                        );
-                        p.ok = finite(&p.grad) && finite(&p.bias_grad) && finite(&p.fb_parts);
-                    });
-                }
-            });
-        }
-        // Feature-bias gradient: per non-zero, the blocks' shares in column order.
-        let ws = &mut self.ws;
-        zeroed(&mut ws.grad_feat_bias, if with_feat_bias { ws.batch.slots.len() } else { 0 });
-        if with_feat_bias {
-            for k in 0..ws.batch.nnz_y.len() {
-                let mut dy = 0.0f32;
-                for part in &self.parts {
-                    let blocks = part.cols.len().div_ceil(COLUMN_BLOCK);
-                    dy = part.fb_parts[k * blocks..(k + 1) * blocks].iter().fold(dy, |acc, &v| acc + v);
-                }
-                ws.grad_feat_bias[ws.batch.nnz_slot[k] as usize] += dy;
+                Err(e)
             }
         }
-        if !(self.parts.iter().all(|p| p.ok)
-            && finite(&ws.grad_feat_bias)
-            && ws.grad_dense_w.iter().all(|g| finite(g))
-            && ws.grad_dense_b.iter().all(|g| finite(g)))
-        {
-            self.undo_all();
-            return Err(Error::Diverged("a gradient is not finite; the previous update was undone".into()));
-        }
-
-        // Update: each thread whole rows of W and the feature bias for its range of slots; the
-        // calling thread the sparse bias and the dense layers.
-        let t = model.step.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-        let step = model.config.optimizer.step(t);
-        {
-            let ids = &ws.batch.slots.ids;
-            let (parts, fb_grads) = (&self.parts, &ws.grad_feat_bias);
-            pool.scope(|s| {
-                for (i, w) in self.workers.iter_mut().enumerate() {
-                    s.spawn(move |_| {
-                        let slots = share(ids.len(), i, threads);
-                        let grads = parts.iter().map(|p| {
-                            let cw = p.cols.len();
-                            GradPart { cols: p.cols.clone(), grads: &p.grad[slots.start * cw..slots.end * cw] }
-                        });
-                        w.undo.clear();
-                        let rows = &ids[slots.clone()];
-                        w.ok = step.apply_rows_in_parts(&sparse.weight, 0, rows, width, grads, &mut w.undo)
-                            && norm.is_none_or(|n| step.apply_rows(&n.feat_bias, 1, rows, 1, &fb_grads[slots], &mut w.undo));
-                    });
-                }
-            });
-        }
-        ws.undo.clear();
-        ws.grad_sparse_bias.clear();
-        for p in &self.parts {
-            ws.grad_sparse_bias.extend_from_slice(&p.bias_grad);
-        }
-        let mut ok = self.workers.iter().all(|w| w.ok) && step.apply_rows(&sparse.bias, 2, &[0], width, &ws.grad_sparse_bias, &mut ws.undo);
-        for (l, layer) in model.dense.iter().enumerate() {
-            let key = 3 + 2 * l as u32;
-            ok = ok
-                && step.apply_rows(&layer.weight, key, &[0], layer.n_in * layer.n_out, &ws.grad_dense_w[l], &mut ws.undo)
-                && step.apply_rows(&layer.bias, key + 1, &[0], layer.n_out, &ws.grad_dense_b[l], &mut ws.undo);
-        }
-        if !ok {
-            self.undo_all();
-            return Err(Error::Diverged("an update would make a weight or optimizer state non-finite; it was not applied".into()));
-        }
-        Ok(mean_loss)
     }
+}
+
+/// Forward, backward and update of the prepared batch in `ws`, in tasks of `workers.len()`
+/// ranges of slots or batch rows and `parts.len()` ranges of columns (more tasks than threads,
+/// so that the thread normalizing the next batch finds work left when it is done).
+fn step_on<P: Idx, I: Idx>(
+    model: &Model,
+    batch: &Batch<'_, '_, P, I>,
+    ws: &mut Workspace,
+    parts: &mut [ColumnPart],
+    workers: &mut [RowWorker],
+    pool: &ThreadPool,
+) -> Result<f64> {
+    let n = batch.rows.len();
+    let (sparse, norm) = (&model.sparse, model.norm.as_ref());
+    let width = model.config.sparse_width;
+    let tasks = workers.len();
+
+    // Forward: W rows loaded by ranges of slots, then h summed by ranges of batch rows.
+    let n_slots = ws.batch.slots.len();
+    zeroed(&mut ws.row_cache, n_slots * width);
+    zeroed(&mut ws.sparse_bias, width);
+    sparse.bias.values.load_into(0, &mut ws.sparse_bias);
+    zeroed(&mut ws.pre[0], n * width);
+    let ids = &ws.batch.slots.ids;
+    pool.scope(|s| {
+        let mut rest = &mut ws.row_cache[..];
+        for i in 0..tasks {
+            let slots = share(n_slots, i, tasks);
+            let (mine, others) = std::mem::take(&mut rest).split_at_mut(slots.len() * width);
+            rest = others;
+            s.spawn(move |_| sparse.load_rows(ids, slots.start, mine));
+        }
+    });
+    let (prepared, bias, cache) = (&ws.batch, &ws.sparse_bias, &ws.row_cache);
+    pool.scope(|s| {
+        let mut rest = &mut ws.pre[0][..];
+        for i in 0..tasks {
+            let rows = share(n, i, tasks);
+            let (mine, others) = std::mem::take(&mut rest).split_at_mut(rows.len() * width);
+            rest = others;
+            s.spawn(move |_| sparse.sum_rows(prepared, bias, cache, rows.start, mine));
+        }
+    });
+
+    let mean_loss = model.dense_and_loss(batch, ws).map_err(|e| match e {
+        Error::Diverged(why) => Error::Diverged(format!("{why}; the previous update was undone")),
+        other => other,
+    })?;
+
+    // Backward, by columns.
+    let with_feat_bias = norm.is_some();
+    {
+        let ws: &Workspace = ws;
+        let dh = &ws.d_pre[0];
+        pool.scope(|s| {
+            for p in parts.iter_mut() {
+                s.spawn(move |_| {
+                    sparse.backward_columns(
+                        &ws.batch,
+                        dh,
+                        p.cols.clone(),
+                        &ws.row_cache,
+                        &mut p.grad,
+                        &mut p.fb_parts,
+                        &mut p.bias_acc,
+                        &mut p.bias_grad,
+                    );
+                    p.ok = finite(&p.grad) && finite(&p.bias_grad) && finite(&p.fb_parts);
+                });
+            }
+        });
+    }
+    // Feature-bias gradient: per non-zero, the blocks' shares in column order.
+    zeroed(&mut ws.grad_feat_bias, if with_feat_bias { ws.batch.slots.len() } else { 0 });
+    if with_feat_bias {
+        for k in 0..ws.batch.nnz_y.len() {
+            let mut dy = 0.0f32;
+            for part in parts.iter() {
+                let blocks = part.cols.len().div_ceil(COLUMN_BLOCK);
+                dy = part.fb_parts[k * blocks..(k + 1) * blocks].iter().fold(dy, |acc, &v| acc + v);
+            }
+            ws.grad_feat_bias[ws.batch.nnz_slot[k] as usize] += dy;
+        }
+    }
+    if !(parts.iter().all(|p| p.ok)
+        && finite(&ws.grad_feat_bias)
+        && ws.grad_dense_w.iter().all(|g| finite(g))
+        && ws.grad_dense_b.iter().all(|g| finite(g)))
+    {
+        return Err(Error::Diverged("a gradient is not finite; the previous update was undone".into()));
+    }
+
+    // Update: whole rows of W and the feature bias by ranges of slots; the sparse bias and the
+    // dense layers on this thread.
+    let t = model.step.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+    let step = model.config.optimizer.step(t);
+    {
+        let ids = &ws.batch.slots.ids;
+        let (parts, fb_grads) = (&*parts, &ws.grad_feat_bias);
+        pool.scope(|s| {
+            for (i, w) in workers.iter_mut().enumerate() {
+                s.spawn(move |_| {
+                    let slots = share(ids.len(), i, tasks);
+                    let grads = parts.iter().map(|p| {
+                        let cw = p.cols.len();
+                        GradPart { cols: p.cols.clone(), grads: &p.grad[slots.start * cw..slots.end * cw] }
+                    });
+                    w.undo.clear();
+                    let rows = &ids[slots.clone()];
+                    w.ok = step.apply_rows_in_parts(&sparse.weight, 0, rows, width, grads, &mut w.undo)
+                        && norm.is_none_or(|n| step.apply_rows(&n.feat_bias, 1, rows, 1, &fb_grads[slots], &mut w.undo));
+                });
+            }
+        });
+    }
+    ws.undo.clear();
+    ws.grad_sparse_bias.clear();
+    for p in parts.iter() {
+        ws.grad_sparse_bias.extend_from_slice(&p.bias_grad);
+    }
+    let mut ok = workers.iter().all(|w| w.ok) && step.apply_rows(&sparse.bias, 2, &[0], width, &ws.grad_sparse_bias, &mut ws.undo);
+    for (l, layer) in model.dense.iter().enumerate() {
+        let key = 3 + 2 * l as u32;
+        ok = ok
+            && step.apply_rows(&layer.weight, key, &[0], layer.n_in * layer.n_out, &ws.grad_dense_w[l], &mut ws.undo)
+            && step.apply_rows(&layer.bias, key + 1, &[0], layer.n_out, &ws.grad_dense_b[l], &mut ws.undo);
+    }
+    if !ok {
+        return Err(Error::Diverged("an update would make a weight or optimizer state non-finite; it was not applied".into()));
+    }
+    Ok(mean_loss)
 }

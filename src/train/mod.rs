@@ -2,6 +2,7 @@
 
 pub mod baseline;
 pub mod columns;
+pub mod row_partition;
 pub mod shared;
 pub mod stream;
 pub mod trainer;
