@@ -65,6 +65,9 @@ fn main() {
                     fit(&model, &data, &options, &mut |_| Ok(())).unwrap();
                 }
                 rates.push(rows as f64 / start.elapsed().as_secs_f64());
+                if std::env::var("BENCH_VERBOSE").is_ok() {
+                    eprintln!("  epoch: {:.0} samples/s", rates.last().unwrap());
+                }
             }
             rates.sort_by(f64::total_cmp);
             println!("{name:4} {optimizer:9} batch {batch_size:5}: {:>10.0} samples/s", rates[1]);

@@ -304,6 +304,33 @@ impl PySparseModel {
         }))
     }
 
+    /// One epoch of the talk's approach A, batches split by rows between threads (benchmarks
+    /// only): returns (mean loss, seconds).
+    #[pyo3(signature = (indptr, indices, values, n_cols, targets, batch_size, threads))]
+    #[allow(clippy::too_many_arguments)]
+    fn fit_row_partitioned<'py>(
+        &self,
+        py: Python<'py>,
+        indptr: &Bound<'py, PyAny>,
+        indices: &Bound<'py, PyAny>,
+        values: PyReadonlyArray1<'py, f32>,
+        n_cols: usize,
+        targets: PyReadonlyArray1<'py, f32>,
+        batch_size: usize,
+        threads: usize,
+    ) -> PyResult<(f64, f64)> {
+        let indptr = IndexArray::new(indptr, "indptr")?;
+        let indices = IndexArray::new(indices, "indices")?;
+        let values = f32_slice(&values, "values")?;
+        let targets = f32_slice(&targets, "y")?;
+        let model = &self.inner;
+        with_csr_slices!(indptr, indices, |p, i| detach(py, || {
+            let x = CsrView::new(p, i, values, n_cols)?;
+            let data = TrainData::new(x, targets, None, model)?;
+            crate::train::row_partition::fit_row_partitioned(model, &data, batch_size, threads)
+        }))
+    }
+
     /// Multiplies all optimizer state by `factor` in [0, 1].
     fn decay_optimizer_state(&self, py: Python<'_>, factor: f32) -> PyResult<()> {
         let model = &self.inner;
