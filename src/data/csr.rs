@@ -120,6 +120,21 @@ impl<'a, P: Idx, I: Idx> CsrView<'a, P, I> {
         self.indices.len()
     }
 
+    /// Hints the CPU to bring the start of `row`'s pointer into cache (for `prefetch_row` later).
+    #[inline(always)]
+    pub fn prefetch_row_pointer(&self, row: usize) {
+        crate::train::shared::prefetch_slice(&self.indptr[row..row + 1]);
+    }
+
+    /// Hints the CPU to bring `row`'s ids and values into cache: the rows of a shuffled batch
+    /// are scattered over the whole matrix.
+    #[inline(always)]
+    pub fn prefetch_row(&self, row: usize) {
+        let (ids, values) = self.row(row);
+        crate::train::shared::prefetch_slice(ids);
+        crate::train::shared::prefetch_slice(values);
+    }
+
     /// Feature ids and values of one row.
     #[inline]
     pub fn row(&self, row: usize) -> (&'a [I], &'a [f32]) {

@@ -57,13 +57,14 @@ pub fn backward(
     grad_w: &mut [f32],
     grad_b: &mut [f32],
     bias_acc: &mut Vec<f64>,
-    mut d_x: Option<&mut [f32]>,
+    w_t: &mut Vec<f32>,
+    d_x: Option<&mut [f32]>,
 ) {
     column_sums(d_out, n_out, bias_acc);
     for (g, &s) in grad_b.iter_mut().zip(bias_acc.iter()) {
         *g += s as f32;
     }
-    for (b, (x_row, d_row)) in x.chunks_exact(n_in).zip(d_out.chunks_exact(n_out)).enumerate() {
+    for (x_row, d_row) in x.chunks_exact(n_in).zip(d_out.chunks_exact(n_out)) {
         for (&xi, gw_row) in x_row.iter().zip(grad_w.chunks_exact_mut(n_out)) {
             if xi != 0.0 {
                 for (g, &d) in gw_row.iter_mut().zip(d_row) {
@@ -71,12 +72,41 @@ pub fn backward(
                 }
             }
         }
-        if let Some(d_x) = d_x.as_deref_mut() {
-            for (dx, w_row) in d_x[b * n_in..(b + 1) * n_in].iter_mut().zip(w.chunks_exact(n_out)) {
-                *dx = w_row.iter().zip(d_row).map(|(&wij, &d)| wij * d).sum();
+    }
+    if let Some(d_x) = d_x {
+        // d_x[b, i] = sum_j d[b, j] w[i, j], summed over j in order as a dot product would, but
+        // as axpys over rows of W^T, which vectorize across i.
+        w_t.clear();
+        w_t.resize(n_in * n_out, 0.0);
+        for (i, w_row) in w.chunks_exact(n_out).enumerate() {
+            for (j, &wij) in w_row.iter().enumerate() {
+                w_t[j * n_in + i] = wij;
+            }
+        }
+        for (dx_row, d_row) in d_x.chunks_exact_mut(n_in).zip(d_out.chunks_exact(n_out)) {
+            dx_row.fill(0.0);
+            for (&d, wt_row) in d_row.iter().zip(w_t.chunks_exact(n_in)) {
+                for (dx, &wij) in dx_row.iter_mut().zip(wt_row) {
+                    *dx += wij * d;
+                }
             }
         }
     }
+}
+
+/// `sum_i a[i] b[i]` with 8 partial sums, so that it vectorizes (an f32 sum in one accumulator
+/// must run in order, one add at a time).
+#[inline]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = a8.remainder().iter().zip(b8.remainder()).map(|(&x, &y)| x * y).sum();
+    for (x, y) in a8.zip(b8) {
+        for k in 0..8 {
+            acc[k] += x[k] * y[k];
+        }
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 
 /// `out[j] = sum_b m[b, j]` in f64.

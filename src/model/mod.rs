@@ -284,6 +284,7 @@ impl Model {
                 &mut ws.grad_dense_w[l],
                 &mut ws.grad_dense_b[l],
                 &mut ws.bias_acc,
+                &mut ws.dense_wt,
                 Some(&mut d_in),
             );
             dense::relu_backward(&ws.pre[l], &mut d_in);

@@ -10,12 +10,16 @@ use crate::features::Normalizer;
 use crate::model::workspace::{zeroed, PreparedBatch, Workspace};
 use crate::optim::{OptimizerKind, Param};
 use crate::rng::hash_to_unit;
-use crate::train::shared::load;
+use crate::train::shared::{load, prefetch_slice};
 use crate::train::SharedF32;
 
 /// Columns per block of the feature-bias gradient in column-partitioned training; threads own
 /// whole blocks.
 pub const COLUMN_BLOCK: usize = 8;
+
+/// How many non-zeros ahead the per-batch row cache and gradient rows are prefetched: a batch's
+/// cache (distinct ids x width) is megabytes, beyond the L2 cache, and visited in slot order.
+const SLOT_AHEAD: usize = 8;
 
 /// When `SparseLinear::prepare` runs: in the batch's turn, or ahead of it (while the batch
 /// before it is still training).
@@ -79,8 +83,17 @@ impl SparseLinear {
         // The batch's ids in order, so the loop below can prefetch the normalization state of
         // the id PREFETCH_DISTANCE non-zeros ahead (random entries of large arrays).
         const PREFETCH_DISTANCE: usize = 12;
+        // Rows ROW_AHEAD ahead have their ids and values prefetched, twice that ahead their
+        // row pointer: the rows of a shuffled batch are scattered over the whole matrix.
+        const ROW_AHEAD: usize = 4;
         batch.nnz_ids.clear();
-        for &r in rows {
+        for (i, &r) in rows.iter().enumerate() {
+            if let Some(&far) = rows.get(i + 2 * ROW_AHEAD) {
+                x.prefetch_row_pointer(far as usize);
+            }
+            if let Some(&ahead) = rows.get(i + ROW_AHEAD) {
+                x.prefetch_row(ahead as usize);
+            }
             batch.nnz_ids.extend(x.row(r as usize).0.iter().map(|id| id.as_usize() as u64));
         }
         batch.slots.reset(batch.nnz_ids.len());
@@ -160,6 +173,9 @@ impl SparseLinear {
         for (h_row, &end) in h.chunks_exact_mut(width).zip(&batch.row_end[first_row..]) {
             h_row.copy_from_slice(bias);
             for k in start..end {
+                if let Some(&ahead) = batch.nnz_slot.get(k + SLOT_AHEAD) {
+                    prefetch_slice(&cache[ahead as usize * width..(ahead as usize + 1) * width]);
+                }
                 let slot = batch.nnz_slot[k] as usize;
                 let y = batch.nnz_y[k];
                 for (hj, &w) in h_row.iter_mut().zip(&cache[slot * width..(slot + 1) * width]) {
@@ -251,6 +267,11 @@ impl SparseLinear {
         for (b, &end) in ws.batch.row_end.iter().enumerate() {
             let dh_row = &dh[b * width..(b + 1) * width];
             for k in start..end {
+                if let Some(&ahead) = ws.batch.nnz_slot.get(k + SLOT_AHEAD) {
+                    let at = ahead as usize * width..(ahead as usize + 1) * width;
+                    prefetch_slice(&ws.grad_rows[at.clone()]);
+                    prefetch_slice(&ws.row_cache[at]);
+                }
                 let slot = ws.batch.nnz_slot[k] as usize;
                 let y = ws.batch.nnz_y[k];
                 let g_row = &mut ws.grad_rows[slot * width..(slot + 1) * width];
@@ -258,9 +279,7 @@ impl SparseLinear {
                     *g += d * y;
                 }
                 if with_feat_bias {
-                    let w_row = &ws.row_cache[slot * width..(slot + 1) * width];
-                    let dy: f32 = w_row.iter().zip(dh_row).map(|(&w, &d)| w * d).sum();
-                    ws.grad_feat_bias[slot] += dy;
+                    ws.grad_feat_bias[slot] += super::dense::dot(&ws.row_cache[slot * width..(slot + 1) * width], dh_row);
                 }
             }
             start = end;

@@ -107,6 +107,8 @@ pub struct Workspace {
     pub grad_sparse_bias: Vec<f32>,
     pub grad_dense_w: Vec<Vec<f32>>,
     pub grad_dense_b: Vec<Vec<f32>>,
+    /// Scratch for a transposed dense weight matrix.
+    pub dense_wt: Vec<f32>,
     /// f64 scratch for bias gradients (batch sums that cancel).
     pub bias_acc: Vec<f64>,
     /// What the last update overwrote (to undo it on divergence).

@@ -168,7 +168,7 @@ impl Step {
         grads: &[f32],
         undo: &mut UndoLog,
     ) -> bool {
-        const AHEAD: usize = 6;
+        const AHEAD: usize = 12;
         debug_assert_eq!(rows.len() * width, grads.len());
         let mut scratch = Scratch::default();
         for (k, &row) in rows.iter().enumerate() {
@@ -177,9 +177,11 @@ impl Step {
             }
             let start = row as usize * stride + col_start;
             if !self.update_run(param, key, start, &grads[k * width..(k + 1) * width], &mut scratch, undo) {
+                undo.fence();
                 return false;
             }
         }
+        undo.fence();
         true
     }
 
@@ -194,7 +196,7 @@ impl Step {
         parts: impl Iterator<Item = GradPart<'g>> + Clone,
         undo: &mut UndoLog,
     ) -> bool {
-        const AHEAD: usize = 6;
+        const AHEAD: usize = 12;
         let mut scratch = Scratch::default();
         for (k, &row) in rows.iter().enumerate() {
             if let Some(&ahead) = rows.get(k + AHEAD) {
@@ -204,10 +206,12 @@ impl Step {
                 let cw = part.cols.len();
                 let start = row as usize * stride + part.cols.start;
                 if !self.update_run(param, key, start, &part.grads[k * cw..(k + 1) * cw], &mut scratch, undo) {
+                    undo.fence();
                     return false;
                 }
             }
         }
+        undo.fence();
         true
     }
 
@@ -269,6 +273,46 @@ impl Default for Scratch {
     }
 }
 
+/// Appends `src` to `dst` with non-temporal stores on x86-64: the undo log is written for every
+/// row an update touches (megabytes per batch) and read back only on divergence, so it should
+/// neither evict the rows being trained from the cache nor read its own lines before writing them.
+#[inline]
+fn append_streaming(dst: &mut Vec<f32>, src: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        dst.reserve(src.len());
+        let len = dst.len();
+        let spare = &mut dst.spare_capacity_mut()[..src.len()];
+        // Element by element (movnti) up to a 16-byte boundary, then 4 at a time (movntps).
+        let head = (spare.as_ptr().align_offset(16)).min(src.len());
+        for (d, &v) in spare[..head].iter_mut().zip(src) {
+            // SAFETY: `d` is a valid, 4-byte aligned, exclusively borrowed slot of the vector's
+            // spare capacity; movnti writes exactly those 4 bytes.
+            unsafe { std::arch::x86_64::_mm_stream_si32(d.as_mut_ptr() as *mut i32, v.to_bits() as i32) };
+        }
+        let mut body = spare[head..].chunks_exact_mut(4);
+        let mut from = src[head..].chunks_exact(4);
+        for (d, v) in (&mut body).zip(&mut from) {
+            // SAFETY: `d` is 4 exclusively borrowed f32 slots starting on a 16-byte boundary
+            // (head aligned the first, and each chunk is 16 bytes), as movntps requires; `v` is 4
+            // readable floats (an unaligned load).
+            unsafe {
+                use std::arch::x86_64::{_mm_loadu_ps, _mm_stream_ps};
+                _mm_stream_ps(d.as_mut_ptr() as *mut f32, _mm_loadu_ps(v.as_ptr()));
+            }
+        }
+        for (d, &v) in body.into_remainder().iter_mut().zip(from.remainder()) {
+            // SAFETY: as for the head.
+            unsafe { std::arch::x86_64::_mm_stream_si32(d.as_mut_ptr() as *mut i32, v.to_bits() as i32) };
+        }
+        // SAFETY: the first src.len() elements of the spare capacity were initialized just above
+        // (reserve made room for them).
+        unsafe { dst.set_len(len + src.len()) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    dst.extend_from_slice(src);
+}
+
 /// The values one batch's update overwrote (weights and optimizer slots), so that the update can
 /// be undone when training diverges.
 #[derive(Default)]
@@ -303,9 +347,20 @@ impl UndoLog {
         let mut len = 0;
         for part in parts {
             len = part.len();
-            self.values.extend_from_slice(part);
+            append_streaming(&mut self.values, part);
         }
         self.entries.push((key, start, len));
+    }
+
+    /// Makes the streaming stores of `record` visible to other threads (call before handing the
+    /// log to another thread; a thread always sees its own stores).
+    #[inline]
+    pub fn fence(&self) {
+        #[cfg(target_arch = "x86_64")]
+        if !self.disabled {
+            // SAFETY: sfence has no preconditions; it only orders this thread's stores.
+            unsafe { std::arch::x86_64::_mm_sfence() };
+        }
     }
 
     /// Writes the old values back, newest first.
