@@ -278,6 +278,11 @@ impl Default for Scratch {
 /// neither evict the rows being trained from the cache nor read its own lines before writing them.
 #[inline]
 fn append_streaming(dst: &mut Vec<f32>, src: &[f32]) {
+    if src.len() < 8 {
+        // A scalar row (logistic regression, feature biases): a plain store costs less.
+        dst.extend(src.iter().copied());
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
     {
         dst.reserve(src.len());
@@ -339,7 +344,7 @@ impl UndoLog {
         self.entries.is_empty()
     }
 
-    #[inline]
+    #[inline(always)]
     fn record<'a>(&mut self, key: u32, start: usize, parts: impl Iterator<Item = &'a [f32]>) {
         if self.disabled {
             return;
