@@ -206,19 +206,28 @@ def memory_bandwidth():
 
 
 def roofline(data, batch, rate, threads):
-    """Bytes of weights and optimizer state the reference MLP touches per sample (Lazy Adam: W,
-    m, v of each distinct row of a batch, read and written; max_abs, feature bias and its m, v
-    of each non-zero), over the measured memory bandwidth."""
+    """Two bounds for the reference MLP with Lazy Adam at one thread. Bandwidth: the bytes of
+    weights and optimizer state it touches per sample (W, m, v of each distinct row of a batch,
+    read and written; max_abs, feature bias and its m, v of each non-zero) over the measured copy
+    bandwidth. Random rows: the rate of plain Adam row updates (no atomics, checks or undo log) on
+    the batches' own distinct rows of a 2^20 x 50 table, over the distinct rows per sample; the
+    update alone, before any forward or backward work."""
+    from . import _core
     X = data.X[:20 * batch]
-    unique = np.mean([np.unique(X[s:s + batch].indices).size for s in range(0, X.shape[0], batch)]) / batch
+    ids = [np.unique(X[s:s + batch].indices).astype(np.uint64).tolist() for s in range(0, X.shape[0], batch)]
+    unique = np.mean([len(i) for i in ids]) / batch
     nnz = X.nnz / X.shape[0]
     per_sample = unique * 50 * 4 * 3 * 2 + nnz * 4 * 5
     bw = memory_bandwidth()
     bound = bw / per_sample
+    row_rate = _core.adam_row_roofline(N_FEATURES, 50, ids, 3)
+    row_bound = row_rate / unique
     return (f"roofline (MLP, batch {batch}, {threads} thread(s)): {per_sample / 1024:.1f} KiB of weights and optimizer "
             f"state per sample ({unique:.1f} distinct rows x 50 x W/m/v, read+write; {nnz:.0f} non-zeros x "
-            f"normalization state) at {bw / 1e9:.1f} GB/s copy bandwidth = {bound:,.0f} samples/s; measured "
-            f"{rate:,.0f} = {100 * rate / bound:.0f}% of it")
+            f"normalization state) at {bw / 1e9:.1f} GB/s copy bandwidth = {bound:,.0f} samples/s; plain Adam "
+            f"updates of those rows at random run at {row_rate / 1e6:.2f}M rows/s = {row_bound:,.0f} samples/s for the "
+            f"update alone; measured {rate:,.0f} = {100 * rate / bound:.0f}% of the first, {100 * rate / row_bound:.0f}% "
+            f"of the second")
 
 
 def main(argv=None):

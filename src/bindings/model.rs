@@ -466,7 +466,14 @@ impl PySparseModel {
     }
 }
 
+/// Distinct rows per second of plain Adam row updates on random rows (benchmarks only).
+#[pyfunction]
+fn adam_row_roofline(py: Python<'_>, n_rows: usize, width: usize, batches: Vec<Vec<u64>>, repeats: usize) -> PyResult<f64> {
+    detach(py, || crate::train::baseline::adam_row_roofline(n_rows, width, &batches, repeats))
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(model_config_json, m)?)?;
+    m.add_function(wrap_pyfunction!(adam_row_roofline, m)?)?;
     m.add_class::<PySparseModel>()
 }

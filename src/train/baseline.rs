@@ -61,3 +61,37 @@ pub fn fit_dense_baseline<P: Idx, I: Idx>(model: &Model, data: &TrainData<'_, P,
     }
     Ok((loss_sum / order.len().max(1) as f64, start.elapsed().as_secs_f64()))
 }
+
+/// The memory roofline of the lazy Adam step, for `sparselin bench`: plain-Rust Adam updates (no
+/// atomics, no undo log, no checks) of `width`-wide rows of a plain `n_rows` x `width` table, W,
+/// m and v in three arrays as the model keeps them, for each list of distinct ids in `batches`.
+/// Returns distinct rows updated per second, the best of `repeats` passes after a first pass
+/// that commits the pages.
+pub fn adam_row_roofline(n_rows: usize, width: usize, batches: &[Vec<u64>], repeats: usize) -> Result<f64> {
+    let n = n_rows.checked_mul(width).ok_or_else(|| crate::invalid!("n_rows * width overflows"))?;
+    if let Some(&id) = batches.iter().flatten().find(|&&id| id as usize >= n_rows) {
+        return Err(crate::invalid!("row id {id} is out of range [0, {n_rows})"));
+    }
+    let (mut w, mut m, mut v) = (vec![0.5f32; n], vec![0.0f32; n], vec![0.0f32; n]);
+    let grads: Vec<f32> = (0..width).map(|j| (j as f32 - width as f32 / 2.0) * 1e-4).collect();
+    let rows: usize = batches.iter().map(Vec::len).sum();
+    let mut best = 0.0f64;
+    for pass in 0..=repeats.max(1) {
+        let start = std::time::Instant::now();
+        for ids in batches {
+            for &id in ids {
+                let r = id as usize * width..(id as usize + 1) * width;
+                for (((w, m), v), &g) in w[r.clone()].iter_mut().zip(&mut m[r.clone()]).zip(&mut v[r]).zip(&grads) {
+                    *m = 0.9 * *m + 0.1 * g;
+                    *v = 0.999 * *v + 0.001 * g * g;
+                    *w -= 1e-3 * *m / (v.sqrt() + 1e-8);
+                }
+            }
+        }
+        std::hint::black_box((&w, &m, &v));
+        if pass > 0 {
+            best = best.max(rows as f64 / start.elapsed().as_secs_f64());
+        }
+    }
+    Ok(best)
+}
