@@ -5,9 +5,10 @@ Each cell is the median samples/s over ``--repeats`` epochs from a fresh model (
 of the epoch, data in memory) with the test logloss / AUC of the last run beside it. Rows:
 sparselin optimized (Hogwild; column-partitioned on several threads), the talk's dense baseline
 (sparse x dense matmul forward, dense gradient, dense optimizer step over the whole table: our
-own kernel, run on fewer rows since it is slow), and, when installed, PyTorch
-(``EmbeddingBag(sparse=True)`` + ``SparseAdam``), scikit-learn ``SGDClassifier`` and Vowpal
-Wabbit. Peers get per-feature max-abs scaled values (fitted on the training rows, not timed):
+own kernel, run on fewer rows since it is slow), the talk's approach A (each batch split by rows
+between threads, gradients summed per id) on several threads, and, when installed, PyTorch
+(``EmbeddingBag(sparse=True)`` + ``SparseAdam``), TensorFlow (``tf.nn.embedding_lookup_sparse``
++ Lazy Adam), scikit-learn ``SGDClassifier`` and Vowpal Wabbit. Peers get per-feature max-abs scaled values (fitted on the training rows, not timed):
 the same scale sparselin's online normalization reaches. Ends with a memory roofline line.
 
     sparselin bench [--rows 200000] [--repeats 3] [--batch-sizes 256,512,1024] [--md FILE] [--png FILE]
@@ -145,6 +146,124 @@ def bench_torch(data, model, batch, threads, repeats):
         for idx, off, w, _ in batches(Xts, np.arange(Xts.shape[0])):
             preds.append(torch.sigmoid(head(bag(idx, off, per_sample_weights=w)).squeeze(1)).numpy())
     return statistics.median(rates), _quality(data.yt, np.concatenate(preds))
+
+
+def bench_tensorflow(data, model, batch_sizes, threads, repeats, workdir):
+    """TensorFlow ``tf.nn.embedding_lookup_sparse`` + Lazy Adam (TF's LazyAdamOptimizer rule:
+    only the rows of the batch move, their moments decay only then; written out with
+    ``tf.unique`` and scatter updates, since Keras 3 has no LazyAdam), in a subprocess per thread
+    count: TF fixes its thread pools when it starts. Returns [(samples/s, (logloss, auc))] per
+    batch size."""
+    path = os.path.join(workdir, "tf_data.npz")
+    if not os.path.exists(path):
+        Xs, Xts = data.scaled(data.X), data.scaled(data.Xt)
+        np.savez(path, indptr=Xs.indptr, indices=Xs.indices, values=Xs.data, y=data.y, t_indptr=Xts.indptr,
+                 t_indices=Xts.indices, t_values=Xts.data, t_y=data.yt)
+    out = os.path.join(workdir, f"tf_{model}_{threads}.npz")
+    args = [sys.executable, "-c", "import sys; from sparselin.bench import _tensorflow_worker as w; w(*sys.argv[1:])",
+            path, out, model, ",".join(map(str, batch_sizes)), str(threads), str(repeats)]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
+    subprocess.run(args, check=True, env=env, stdout=subprocess.DEVNULL)
+    r = np.load(out)
+    return [(float(rate), (float(ll), float(auc))) for rate, ll, auc in r["cells"]]
+
+
+def _tensorflow_worker(path, out, model, batch_sizes, threads, repeats):
+    import tensorflow as tf
+    threads, repeats = int(threads), int(repeats)
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(threads)
+    d = np.load(path)
+    width = 1 if model == "LR" else 50
+    lr = 0.01 if model == "LR" else 1e-3
+    b1, b2, eps = 0.9, 0.999, 1e-7
+
+    def split(indptr, indices, values, rows):
+        starts, ends = indptr[rows], indptr[rows + 1]
+        lengths = ends - starts
+        flat = np.concatenate([np.arange(s, e) for s, e in zip(starts, ends)]) if len(rows) else np.zeros(0, np.int64)
+        row_of = np.repeat(np.arange(len(rows)), lengths)
+        pos = np.arange(flat.size) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        coords = np.stack([row_of, pos], 1).astype(np.int64)
+        shape = [len(rows), int(lengths.max()) if len(rows) else 0]
+        return (tf.SparseTensor(coords, indices[flat].astype(np.int64), shape),
+                tf.SparseTensor(coords, values[flat].astype(np.float32), shape))
+
+    def run(batch, seed):
+        rng = np.random.default_rng(seed)
+        if model == "LR":
+            emb = tf.Variable(tf.zeros([N_FEATURES, 1]))
+            dense = [tf.Variable(tf.zeros([1]))]
+        else:
+            a = 1 / np.sqrt(width)
+            emb = tf.Variable(rng.uniform(-a, a, (N_FEATURES, width)).astype(np.float32))
+            dense = []
+            for n_in, n_out in ((50, 64), (64, 16), (16, 1)):
+                g = np.sqrt(6 / (n_in + n_out))
+                dense += [tf.Variable(rng.uniform(-g, g, (n_in, n_out)).astype(np.float32)), tf.Variable(tf.zeros([n_out]))]
+        m, v = tf.Variable(tf.zeros_like(emb)), tf.Variable(tf.zeros_like(emb))
+        dm = [tf.Variable(tf.zeros_like(p)) for p in dense]
+        dv = [tf.Variable(tf.zeros_like(p)) for p in dense]
+        step = tf.Variable(0.0)
+
+        def forward(sp_ids, sp_w):
+            h = tf.nn.embedding_lookup_sparse(emb, sp_ids, sp_w, combiner="sum")
+            if model == "LR":
+                return h[:, 0] + dense[0]
+            for k in range(0, len(dense), 2):
+                h = tf.matmul(tf.nn.relu(h), dense[k]) + dense[k + 1]
+            return h[:, 0]
+
+        sparse_spec = tf.SparseTensorSpec(shape=[None, None], dtype=tf.int64)
+        weight_spec = tf.SparseTensorSpec(shape=[None, None], dtype=tf.float32)
+
+        @tf.function(input_signature=[sparse_spec, weight_spec, tf.TensorSpec([None], tf.float32)])
+        def train_step(sp_ids, sp_w, y):
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=y, logits=forward(sp_ids, sp_w)))
+            grads = tape.gradient(loss, [emb] + dense)
+            step.assign_add(1.0)
+            lr_t = lr * tf.sqrt(1 - b2 ** step) / (1 - b1 ** step)
+            g = grads[0]
+            rows, slot = tf.unique(g.indices)
+            g = tf.math.unsorted_segment_sum(g.values, slot, tf.shape(rows)[0])
+            m_rows = b1 * tf.gather(m, rows) + (1 - b1) * g
+            v_rows = b2 * tf.gather(v, rows) + (1 - b2) * g * g
+            m.scatter_update(tf.IndexedSlices(m_rows, rows))
+            v.scatter_update(tf.IndexedSlices(v_rows, rows))
+            emb.scatter_sub(tf.IndexedSlices(lr_t * m_rows / (tf.sqrt(v_rows) + eps), rows))
+            for p, gp, mp, vp in zip(dense, grads[1:], dm, dv):
+                mp.assign(b1 * mp + (1 - b1) * gp)
+                vp.assign(b2 * vp + (1 - b2) * gp * gp)
+                p.assign_sub(lr_t * mp / (tf.sqrt(vp) + eps))
+            return loss
+
+        n = d["y"].size
+        order = rng.permutation(n)
+        y = d["y"].astype(np.float32)
+        t = time.perf_counter()
+        for s in range(0, n, batch):
+            rows = order[s:s + batch]
+            sp_ids, sp_w = split(d["indptr"], d["indices"], d["values"], rows)
+            train_step(sp_ids, sp_w, tf.constant(y[rows]))
+        rate = n / (time.perf_counter() - t)
+        preds = []
+        nt = d["t_y"].size
+        for s in range(0, nt, 4096):
+            sp_ids, sp_w = split(d["t_indptr"], d["t_indices"], d["t_values"], np.arange(s, min(s + 4096, nt)))
+            preds.append(tf.sigmoid(forward(sp_ids, sp_w)).numpy())
+        return rate, _quality(d["t_y"], np.concatenate(preds))
+
+    cells = []
+    for batch in map(int, batch_sizes.split(",")):
+        runs = [run(batch, r) for r in range(repeats)]
+        cells.append((statistics.median(r for r, _ in runs), *runs[-1][1]))
+    np.savez(out, cells=np.array(cells))
+
+
+def _installed(module):
+    import importlib.util
+    return importlib.util.find_spec(module) is not None
 
 
 def bench_sklearn(data, repeats):
@@ -285,6 +404,13 @@ def main(argv=None):
                         [bench_torch(data, model, b, threads, args.repeats) for b in batches])
             except ImportError:
                 lines.append(f"| PyTorch | {model} | not installed |")
+            if _installed("tensorflow"):
+                with tempfile.TemporaryDirectory() as workdir:
+                    for threads in thread_list:
+                        row("TensorFlow embedding_lookup_sparse+LazyAdam", model, "lazy_adam", threads,
+                            bench_tensorflow(data, model, batches, threads, args.repeats, workdir))
+            else:
+                lines.append(f"| TensorFlow | {model} | not installed |")
     if not args.no_peers:
         try:
             rate, q = bench_sklearn(data, args.repeats)
