@@ -173,17 +173,17 @@ def _tensorflow_worker(path, out, model, batch_sizes, threads, repeats):
     threads, repeats = int(threads), int(repeats)
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(threads)
-    d = np.load(path)
+    d = dict(np.load(path))  # NpzFile re-reads an array from the archive at each access
     width = 1 if model == "LR" else 50
     lr = 0.01 if model == "LR" else 1e-3
     b1, b2, eps = 0.9, 0.999, 1e-7
 
     def split(indptr, indices, values, rows):
-        starts, ends = indptr[rows], indptr[rows + 1]
-        lengths = ends - starts
-        flat = np.concatenate([np.arange(s, e) for s, e in zip(starts, ends)]) if len(rows) else np.zeros(0, np.int64)
+        starts = indptr[rows]
+        lengths = indptr[rows + 1] - starts
         row_of = np.repeat(np.arange(len(rows)), lengths)
-        pos = np.arange(flat.size) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        pos = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        flat = starts[row_of] + pos
         coords = np.stack([row_of, pos], 1).astype(np.int64)
         shape = [len(rows), int(lengths.max()) if len(rows) else 0]
         return (tf.SparseTensor(coords, indices[flat].astype(np.int64), shape),

@@ -170,6 +170,9 @@ impl Step {
     ) -> bool {
         const AHEAD: usize = 12;
         debug_assert_eq!(rows.len() * width, grads.len());
+        if width == 1 && stride == 1 && col_start == 0 {
+            return self.apply_scalar_rows(param, key, rows, grads, undo);
+        }
         let mut scratch = Scratch::default();
         for (k, &row) in rows.iter().enumerate() {
             if let Some(&ahead) = rows.get(k + AHEAD) {
@@ -209,6 +212,39 @@ impl Step {
                     undo.fence();
                     return false;
                 }
+            }
+        }
+        undo.fence();
+        true
+    }
+
+    /// `apply_rows` for rows of one element (the logistic regression's weights, feature biases):
+    /// the same update element by element, without the chunk machinery a wide row needs.
+    fn apply_scalar_rows(&self, param: &Param, key: u32, rows: &[u64], grads: &[f32], undo: &mut UndoLog) -> bool {
+        const AHEAD: usize = 16;
+        let (l1, l2) = if param.regularized { (self.l1, self.l2) } else { (0.0, 0.0) };
+        let n_slots = param.slots.len();
+        let slot = |k: usize, i: usize| param.slots.get(k).map_or(0.0, |s| s.get(i));
+        for (k, (&row, g)) in rows.iter().zip(grads.chunks_exact(1)).enumerate() {
+            if let Some(&ahead) = rows.get(k + AHEAD) {
+                param.prefetch(ahead as usize, 1);
+            }
+            let i = row as usize;
+            let (mut w, mut s0, mut s1) = ([param.values.get(i)], [slot(0, i)], [slot(1, i)]);
+            undo.record_scalar(key, i, [w[0], s0[0], s1[0]], n_slots);
+            match self.kind {
+                OptimizerKind::Sgd => sgd::update(&mut w, g, self.learning_rate, l2),
+                OptimizerKind::LazyAdam => lazy_adam::update(&mut w, &mut s0, &mut s1, g, self.lr_t, l2),
+                OptimizerKind::Adagrad => adagrad::update(&mut w, &mut s0, g, self.learning_rate, l2),
+                OptimizerKind::Ftrl => ftrl::update(&mut w, &mut s0, &mut s1, g, self.learning_rate, l1, l2),
+            }
+            if !(w[0].is_finite() && s0[0].is_finite() && s1[0].is_finite()) {
+                undo.fence();
+                return false;
+            }
+            param.values.set(i, w[0]);
+            for (slot, v) in param.slots.iter().zip([s0[0], s1[0]]) {
+                slot.set(i, v);
             }
         }
         undo.fence();
@@ -355,6 +391,17 @@ impl UndoLog {
             append_streaming(&mut self.values, part);
         }
         self.entries.push((key, start, len));
+    }
+
+    /// `record` for one element: `old` is the value and the slots' values (those past
+    /// `n_slots` are ignored).
+    #[inline(always)]
+    fn record_scalar(&mut self, key: u32, start: usize, old: [f32; 3], n_slots: usize) {
+        if self.disabled {
+            return;
+        }
+        self.values.extend_from_slice(&old[..1 + n_slots]);
+        self.entries.push((key, start, 1));
     }
 
     /// Makes the streaming stores of `record` visible to other threads (call before handing the
