@@ -78,6 +78,7 @@ pub struct ColumnTrainer<'m> {
     ahead: PreparedBatch,
     ahead_of: Option<usize>,
     fb_of_slot: Vec<f32>,
+    dense_chunks: Vec<DenseChunk>,
 }
 
 impl<'m> ColumnTrainer<'m> {
@@ -88,7 +89,16 @@ impl<'m> ColumnTrainer<'m> {
             .map(|cols| ColumnPart { cols, ..Default::default() })
             .collect();
         let workers = (0..tasks).map(|_| RowWorker::default()).collect();
-        Self { model, ws: model.workspace(), parts, workers, ahead: PreparedBatch::default(), ahead_of: None, fb_of_slot: Vec::new() }
+        Self {
+            model,
+            ws: model.workspace(),
+            parts,
+            workers,
+            ahead: PreparedBatch::default(),
+            ahead_of: None,
+            fb_of_slot: Vec::new(),
+            dense_chunks: Vec::new(),
+        }
     }
 
     /// Forgets the batch prepared ahead, if any (the pass stopped before its turn).
@@ -137,7 +147,7 @@ impl<'m> ColumnTrainer<'m> {
             sparse.prepare(batch.x, batch.rows, norm, Prepare::Now, &mut self.ws.batch);
         }
         let (ahead, ahead_of) = (&mut self.ahead, &mut self.ahead_of);
-        let (ws, parts, workers) = (&mut self.ws, &mut self.parts[..], &mut self.workers[..]);
+        let (ws, parts, workers, chunks) = (&mut self.ws, &mut self.parts[..], &mut self.workers[..], &mut self.dense_chunks);
         // On a pool thread, so that the calling thread does not compete with the pool for cores.
         let result = pool.install(|| {
             rayon::in_place_scope(|s| {
@@ -145,7 +155,7 @@ impl<'m> ColumnTrainer<'m> {
                     s.spawn(move |_| sparse.prepare(next.x, next.rows, norm, Prepare::Ahead, ahead));
                     *ahead_of = Some(*j);
                 }
-                step_on(model, batch, ws, parts, workers, pool)
+                step_on(model, batch, ws, parts, workers, chunks, pool)
             })
         });
         match result {
@@ -171,6 +181,7 @@ fn step_on<P: Idx, I: Idx>(
     ws: &mut Workspace,
     parts: &mut [ColumnPart],
     workers: &mut [RowWorker],
+    chunks: &mut Vec<DenseChunk>,
     pool: &ThreadPool,
 ) -> Result<f64> {
     let n = batch.rows.len();
@@ -205,7 +216,7 @@ fn step_on<P: Idx, I: Idx>(
         }
     });
 
-    let mean_loss = model.dense_and_loss(batch, ws).map_err(|e| match e {
+    let mean_loss = dense_and_loss(model, batch, ws, chunks, pool).map_err(|e| match e {
         Error::Diverged(why) => Error::Diverged(format!("{why}; the previous update was undone")),
         other => other,
     })?;
@@ -290,6 +301,135 @@ fn step_on<P: Idx, I: Idx>(
     }
     if !ok {
         return Err(Error::Diverged("an update would make a weight or optimizer state non-finite; it was not applied".into()));
+    }
+    Ok(mean_loss)
+}
+
+/// Rows per task of the dense layers: a fixed number, so that the gradient sums (each chunk's
+/// partial sums, added in chunk order) do not depend on the thread count.
+const DENSE_CHUNK: usize = 64;
+
+/// One chunk of batch rows through the dense layers and the loss: its activations, the
+/// gradient of its rows of h, its partial dense-layer gradients and its loss total.
+#[derive(Default)]
+struct DenseChunk {
+    pre: Vec<Vec<f32>>,
+    act: Vec<Vec<f32>>,
+    d_pre: Vec<Vec<f32>>,
+    grad_w: Vec<Vec<f32>>,
+    grad_b: Vec<Vec<f32>>,
+    bias_acc: Vec<f64>,
+    w_t: Vec<f32>,
+    loss: f64,
+}
+
+impl DenseChunk {
+    /// Rows `rows` of the batch: `h` their sparse layer output, `d_h` gets its gradient.
+    #[allow(clippy::too_many_arguments)]
+    fn run<P: Idx, I: Idx>(
+        &mut self,
+        model: &Model,
+        batch: &Batch<'_, '_, P, I>,
+        rows: Range<usize>,
+        h: &[f32],
+        dense_w: &[Vec<f32>],
+        dense_b: &[Vec<f32>],
+        d_h: &mut [f32],
+    ) {
+        let (m, layers) = (rows.len(), model.dense.len());
+        self.pre.resize_with(layers + 1, Vec::new);
+        self.act.resize_with(layers, Vec::new);
+        self.d_pre.resize_with(layers + 1, Vec::new);
+        self.grad_w.resize_with(layers, Vec::new);
+        self.grad_b.resize_with(layers, Vec::new);
+        self.pre[0].clear();
+        self.pre[0].extend_from_slice(h);
+        for (l, layer) in model.dense.iter().enumerate() {
+            let act = &mut self.act[l];
+            act.clear();
+            act.extend_from_slice(&self.pre[l]);
+            crate::model::dense::relu_in_place(act);
+            zeroed(&mut self.pre[l + 1], m * layer.n_out);
+            crate::model::dense::forward(act, &dense_w[l], &dense_b[l], layer.n_in, layer.n_out, &mut self.pre[l + 1]);
+        }
+        let targets = batch.rows[rows].iter().map(|&r| {
+            let r = r as usize;
+            (batch.targets[r], batch.weights.map_or(1.0, |w| w[r]))
+        });
+        let mut d_logits = std::mem::take(&mut self.d_pre[layers]);
+        zeroed(&mut d_logits, self.pre[layers].len());
+        self.loss =
+            crate::model::loss::loss_and_grad(model.config.task, &self.pre[layers], targets, 1.0 / batch.rows.len() as f32, &mut d_logits);
+        self.d_pre[layers] = d_logits;
+        for (l, layer) in model.dense.iter().enumerate().rev() {
+            zeroed(&mut self.grad_w[l], layer.n_in * layer.n_out);
+            zeroed(&mut self.grad_b[l], layer.n_out);
+            let mut d_in = std::mem::take(&mut self.d_pre[l]);
+            zeroed(&mut d_in, m * layer.n_in);
+            crate::model::dense::backward(
+                &self.act[l],
+                &self.d_pre[l + 1],
+                &dense_w[l],
+                layer.n_in,
+                layer.n_out,
+                &mut self.grad_w[l],
+                &mut self.grad_b[l],
+                &mut self.bias_acc,
+                &mut self.w_t,
+                Some(&mut d_in),
+            );
+            crate::model::dense::relu_backward(&self.pre[l], &mut d_in);
+            self.d_pre[l] = d_in;
+        }
+        d_h.copy_from_slice(&self.d_pre[0]);
+    }
+}
+
+/// The dense layers and the loss of the batch in chunks of `DENSE_CHUNK` rows, in parallel:
+/// from `ws.pre[0]` (h) to `ws.d_pre[0]` (its gradient) and the dense-layer gradients. Returns
+/// the mean batch loss.
+fn dense_and_loss<P: Idx, I: Idx>(
+    model: &Model,
+    batch: &Batch<'_, '_, P, I>,
+    ws: &mut Workspace,
+    chunks: &mut Vec<DenseChunk>,
+    pool: &ThreadPool,
+) -> Result<f64> {
+    let n = batch.rows.len();
+    let width = model.config.sparse_width;
+    for (l, layer) in model.dense.iter().enumerate() {
+        layer.weight.values.copy_to(&mut ws.dense_w[l]);
+        layer.bias.values.copy_to(&mut ws.dense_b[l]);
+    }
+    let n_chunks = n.div_ceil(DENSE_CHUNK);
+    if chunks.len() < n_chunks {
+        chunks.resize_with(n_chunks, DenseChunk::default);
+    }
+    zeroed(&mut ws.d_pre[0], n * width);
+    let (dense_w, dense_b, h) = (&ws.dense_w, &ws.dense_b, &ws.pre[0]);
+    pool.scope(|s| {
+        let mut rest = &mut ws.d_pre[0][..];
+        for (c, chunk) in chunks[..n_chunks].iter_mut().enumerate() {
+            let rows = c * DENSE_CHUNK..((c + 1) * DENSE_CHUNK).min(n);
+            let (d_h, others) = std::mem::take(&mut rest).split_at_mut(rows.len() * width);
+            rest = others;
+            let h = &h[rows.start * width..rows.end * width];
+            s.spawn(move |_| chunk.run(model, batch, rows, h, dense_w, dense_b, d_h));
+        }
+    });
+    let mut total = 0.0;
+    for g in ws.grad_dense_w.iter_mut().chain(ws.grad_dense_b.iter_mut()) {
+        g.fill(0.0);
+    }
+    for chunk in &chunks[..n_chunks] {
+        total += chunk.loss;
+        for (sum, part) in ws.grad_dense_w.iter_mut().zip(&chunk.grad_w).chain(ws.grad_dense_b.iter_mut().zip(&chunk.grad_b)) {
+            sum.iter_mut().zip(part).for_each(|(s, &p)| *s += p);
+        }
+    }
+    let mean_loss = total / n as f64;
+    if !mean_loss.is_finite() {
+        return Err(Error::Diverged(format!("the batch loss is {mean_loss}")));
     }
     Ok(mean_loss)
 }
