@@ -45,9 +45,10 @@ pub fn forward(x: &[f32], w: &[f32], bias: &[f32], n_in: usize, n_out: usize, ou
 }
 
 /// Accumulates `grad_w += x^T d_out`, `grad_b += sum_b d_out`, and if asked writes
-/// `d_x = d_out W^T`. Bias gradients are batch sums of terms of both signs that largely cancel
+/// `d_x = d_out W^T` (`w_t` is scratch for W^T). Bias gradients are batch sums of terms of both signs that largely cancel
 /// (e.g. mean(p - y) at the output), so they are summed in f64 (`bias_acc`, scratch).
 #[inline(never)] // a per-batch call: keeps profiles readable
+#[allow(clippy::too_many_arguments)]
 pub fn backward(
     x: &[f32],
     d_out: &[f32],
