@@ -74,7 +74,7 @@ def bench_baseline(data, model, batch, threads, rows):
     clf = (SparseLogisticRegression if model == "LR" else SparseMLPClassifier)(n_features=N_FEATURES, random_state=0)
     clf._check_hyperparameters()
     clf._model = clf._new_model(N_FEATURES)
-    _, seconds = clf._model.fit_dense_baseline(X.indptr, X.indices, X.data, N_FEATURES, y, batch, threads)
+    _, seconds = clf._model.fit_comparison("dense_baseline", X.indptr, X.indices, X.data, N_FEATURES, y, batch, threads)
     clf.classes_ = np.array([0.0, 1.0], dtype=np.float32)
     clf.n_features_in_ = N_FEATURES
     return rows / seconds, _quality(data.yt, clf.predict_proba(data.Xt)[:, 1])
@@ -87,8 +87,8 @@ def bench_row_partitioned(data, model, batch, threads, repeats):
         clf = (SparseLogisticRegression if model == "LR" else SparseMLPClassifier)(n_features=N_FEATURES, random_state=0)
         clf._check_hyperparameters()
         clf._model = clf._new_model(N_FEATURES)
-        _, seconds = clf._model.fit_row_partitioned(data.X.indptr, data.X.indices, data.X.data, N_FEATURES, data.y, batch,
-                                                    threads)
+        _, seconds = clf._model.fit_comparison("row_partitioned", data.X.indptr, data.X.indices, data.X.data, N_FEATURES,
+                                               data.y, batch, threads)
         rates.append(data.X.shape[0] / seconds)
     clf.classes_ = np.array([0.0, 1.0], dtype=np.float32)
     clf.n_features_in_ = N_FEATURES

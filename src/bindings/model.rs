@@ -278,12 +278,14 @@ impl PySparseModel {
         Ok(d)
     }
 
-    /// One epoch of the talk's dense baseline (benchmarks only): returns (mean loss, seconds).
-    #[pyo3(signature = (indptr, indices, values, n_cols, targets, batch_size, threads))]
+    /// One epoch of one of the talk's comparison points (benchmarks only: `"dense_baseline"` or
+    /// `"row_partitioned"`): returns (mean loss, seconds).
+    #[pyo3(signature = (kind, indptr, indices, values, n_cols, targets, batch_size, threads))]
     #[allow(clippy::too_many_arguments)]
-    fn fit_dense_baseline<'py>(
+    fn fit_comparison<'py>(
         &self,
         py: Python<'py>,
+        kind: &str,
         indptr: &Bound<'py, PyAny>,
         indices: &Bound<'py, PyAny>,
         values: PyReadonlyArray1<'py, f32>,
@@ -292,6 +294,7 @@ impl PySparseModel {
         batch_size: usize,
         threads: usize,
     ) -> PyResult<(f64, f64)> {
+        let kind = crate::train::baseline::Comparison::parse(kind).map_err(to_py)?;
         let indptr = IndexArray::new(indptr, "indptr")?;
         let indices = IndexArray::new(indices, "indices")?;
         let values = f32_slice(&values, "values")?;
@@ -300,34 +303,7 @@ impl PySparseModel {
         with_csr_slices!(indptr, indices, |p, i| detach(py, || {
             let x = CsrView::new(p, i, values, n_cols)?;
             let data = TrainData::new(x, targets, None, model)?;
-            crate::train::baseline::fit_dense_baseline(model, &data, batch_size, threads)
-        }))
-    }
-
-    /// One epoch of the talk's approach A, batches split by rows between threads (benchmarks
-    /// only): returns (mean loss, seconds).
-    #[pyo3(signature = (indptr, indices, values, n_cols, targets, batch_size, threads))]
-    #[allow(clippy::too_many_arguments)]
-    fn fit_row_partitioned<'py>(
-        &self,
-        py: Python<'py>,
-        indptr: &Bound<'py, PyAny>,
-        indices: &Bound<'py, PyAny>,
-        values: PyReadonlyArray1<'py, f32>,
-        n_cols: usize,
-        targets: PyReadonlyArray1<'py, f32>,
-        batch_size: usize,
-        threads: usize,
-    ) -> PyResult<(f64, f64)> {
-        let indptr = IndexArray::new(indptr, "indptr")?;
-        let indices = IndexArray::new(indices, "indices")?;
-        let values = f32_slice(&values, "values")?;
-        let targets = f32_slice(&targets, "y")?;
-        let model = &self.inner;
-        with_csr_slices!(indptr, indices, |p, i| detach(py, || {
-            let x = CsrView::new(p, i, values, n_cols)?;
-            let data = TrainData::new(x, targets, None, model)?;
-            crate::train::row_partition::fit_row_partitioned(model, &data, batch_size, threads)
+            crate::train::baseline::fit_comparison(kind, model, &data, batch_size, threads)
         }))
     }
 

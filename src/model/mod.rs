@@ -129,6 +129,19 @@ pub struct Model {
     pub batches_into_epoch: AtomicU64,
 }
 
+/// The dense layers' buffers for a run of batch rows: `pre[0]` holds the rows' sparse layer
+/// output h; for layer l, `act[l]` is its input and `pre[l + 1]` its output before the ReLU;
+/// `d_pre` are their gradients; `bias_acc` and `w_t` are scratch.
+pub(crate) struct DenseRows<'a> {
+    pub pre: &'a mut [Vec<f32>],
+    pub act: &'a mut [Vec<f32>],
+    pub d_pre: &'a mut [Vec<f32>],
+    pub grad_w: &'a mut [Vec<f32>],
+    pub grad_b: &'a mut [Vec<f32>],
+    pub bias_acc: &'a mut Vec<f64>,
+    pub w_t: &'a mut Vec<f32>,
+}
+
 /// One mini-batch: rows of `x` (in this order) and their targets and weights, indexed by row.
 pub struct Batch<'a, 'b, P: Idx, I: Idx> {
     pub x: &'b CsrView<'a, P, I>,
@@ -237,60 +250,83 @@ impl Model {
     /// `ws.d_pre[0]`, with the dense layers' gradients. Returns the mean batch loss.
     pub(crate) fn dense_and_loss<P: Idx, I: Idx>(&self, batch: &Batch<'_, '_, P, I>, ws: &mut Workspace) -> Result<f64> {
         let n = batch.rows.len();
-        let width = self.config.sparse_width;
-        // Dense forward on plain snapshots of the shared weights.
+        // Plain snapshots of the shared weights.
         for (l, layer) in self.dense.iter().enumerate() {
             layer.weight.values.copy_to(&mut ws.dense_w[l]);
             layer.bias.values.copy_to(&mut ws.dense_b[l]);
-            let mut input = std::mem::take(&mut ws.act[l]);
-            input.clear();
-            input.extend_from_slice(&ws.pre[l]);
-            dense::relu_in_place(&mut input);
-            zeroed(&mut ws.pre[l + 1], n * layer.n_out);
-            dense::forward(&input, &ws.dense_w[l], &ws.dense_b[l], layer.n_in, layer.n_out, &mut ws.pre[l + 1]);
-            ws.act[l] = input;
         }
-        let last = self.dense.len();
+        let rows = DenseRows {
+            pre: &mut ws.pre,
+            act: &mut ws.act,
+            d_pre: &mut ws.d_pre,
+            grad_w: &mut ws.grad_dense_w,
+            grad_b: &mut ws.grad_dense_b,
+            bias_acc: &mut ws.bias_acc,
+            w_t: &mut ws.dense_wt,
+        };
+        let total = self.dense_rows(rows, &ws.dense_w, &ws.dense_b, batch.rows, batch, 1.0 / n as f32);
         ws.logits.clear();
-        ws.logits.extend_from_slice(&ws.pre[last]);
-        debug_assert_eq!(ws.logits.len(), n * if last == 0 { width } else { 1 });
-
-        // Loss.
-        zeroed(&mut ws.d_logits, n);
-        let targets = batch.rows.iter().map(|&r| {
-            let r = r as usize;
-            (batch.targets[r], batch.weights.map_or(1.0, |w| w[r]))
-        });
-        let total = loss::loss_and_grad(self.config.task, &ws.logits, targets, 1.0 / n as f32, &mut ws.d_logits);
+        ws.logits.extend_from_slice(&ws.pre[self.dense.len()]);
         let mean_loss = total / n as f64;
         if !mean_loss.is_finite() {
             return Err(Error::Diverged(format!("the batch loss is {mean_loss}")));
         }
+        Ok(mean_loss)
+    }
 
-        // Dense backward.
-        ws.d_pre[last].clear();
-        ws.d_pre[last].extend_from_slice(&ws.d_logits);
+    /// Batch rows `rows` (whose sparse layer output is `r.pre[0]`) through the dense layers
+    /// (weights `dense_w`, `dense_b`: plain snapshots), their loss scaled by `inv_batch`, and back
+    /// to `r.d_pre[0]`, with the rows' dense-layer gradients in `r.grad_w`, `r.grad_b`. Returns
+    /// the rows' loss total. Column-partitioned training runs it on chunks of a batch.
+    pub(crate) fn dense_rows<P: Idx, I: Idx>(
+        &self,
+        r: DenseRows<'_>,
+        dense_w: &[Vec<f32>],
+        dense_b: &[Vec<f32>],
+        rows: &[u32],
+        batch: &Batch<'_, '_, P, I>,
+        inv_batch: f32,
+    ) -> f64 {
+        let m = rows.len();
+        for (l, layer) in self.dense.iter().enumerate() {
+            let input = &mut r.act[l];
+            input.clear();
+            input.extend_from_slice(&r.pre[l]);
+            dense::relu_in_place(input);
+            zeroed(&mut r.pre[l + 1], m * layer.n_out);
+            dense::forward(input, &dense_w[l], &dense_b[l], layer.n_in, layer.n_out, &mut r.pre[l + 1]);
+        }
+        let last = self.dense.len();
+        debug_assert_eq!(r.pre[last].len(), m * if last == 0 { self.config.sparse_width } else { 1 });
+        let targets = rows.iter().map(|&row| {
+            let row = row as usize;
+            (batch.targets[row], batch.weights.map_or(1.0, |w| w[row]))
+        });
+        let mut d_logits = std::mem::take(&mut r.d_pre[last]);
+        zeroed(&mut d_logits, r.pre[last].len());
+        let total = loss::loss_and_grad(self.config.task, &r.pre[last], targets, inv_batch, &mut d_logits);
+        r.d_pre[last] = d_logits;
         for (l, layer) in self.dense.iter().enumerate().rev() {
-            ws.grad_dense_w[l].iter_mut().for_each(|g| *g = 0.0);
-            ws.grad_dense_b[l].iter_mut().for_each(|g| *g = 0.0);
-            let mut d_in = std::mem::take(&mut ws.d_pre[l]);
-            zeroed(&mut d_in, n * layer.n_in);
+            zeroed(&mut r.grad_w[l], layer.n_in * layer.n_out);
+            zeroed(&mut r.grad_b[l], layer.n_out);
+            let mut d_in = std::mem::take(&mut r.d_pre[l]);
+            zeroed(&mut d_in, m * layer.n_in);
             dense::backward(
-                &ws.act[l],
-                &ws.d_pre[l + 1],
-                &ws.dense_w[l],
+                &r.act[l],
+                &r.d_pre[l + 1],
+                &dense_w[l],
                 layer.n_in,
                 layer.n_out,
-                &mut ws.grad_dense_w[l],
-                &mut ws.grad_dense_b[l],
-                &mut ws.bias_acc,
-                &mut ws.dense_wt,
+                &mut r.grad_w[l],
+                &mut r.grad_b[l],
+                r.bias_acc,
+                r.w_t,
                 Some(&mut d_in),
             );
-            dense::relu_backward(&ws.pre[l], &mut d_in);
-            ws.d_pre[l] = d_in;
+            dense::relu_backward(&r.pre[l], &mut d_in);
+            r.d_pre[l] = d_in;
         }
-        Ok(mean_loss)
+        total
     }
 
     /// The parameter an undo-log key names: 0 sparse weight, 1 feature bias, 2 sparse bias,

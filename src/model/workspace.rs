@@ -95,9 +95,7 @@ pub struct Workspace {
     pub pre: Vec<Vec<f32>>,
     pub act: Vec<Vec<f32>>,
     pub d_pre: Vec<Vec<f32>>,
-    pub d_act: Vec<f32>,
     pub logits: Vec<f32>,
-    pub d_logits: Vec<f32>,
     /// Snapshots of the dense layers taken at the start of the batch (Hogwild-safe plain copies).
     pub dense_w: Vec<Vec<f32>>,
     pub dense_b: Vec<Vec<f32>>,

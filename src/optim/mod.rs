@@ -168,24 +168,20 @@ impl Step {
         grads: &[f32],
         undo: &mut UndoLog,
     ) -> bool {
-        const AHEAD: usize = 12;
         debug_assert_eq!(rows.len() * width, grads.len());
         if width == 1 && stride == 1 && col_start == 0 {
             return self.apply_scalar_rows(param, key, rows, grads, undo);
         }
         let mut scratch = Scratch::default();
-        for (k, &row) in rows.iter().enumerate() {
-            if let Some(&ahead) = rows.get(k + AHEAD) {
+        let ok = rows.iter().enumerate().all(|(k, &row)| {
+            if let Some(&ahead) = rows.get(k + ROWS_AHEAD) {
                 param.prefetch(ahead as usize * stride + col_start, width);
             }
             let start = row as usize * stride + col_start;
-            if !self.update_run(param, key, start, &grads[k * width..(k + 1) * width], &mut scratch, undo) {
-                undo.fence();
-                return false;
-            }
-        }
+            self.update_run(param, key, start, &grads[k * width..(k + 1) * width], &mut scratch, undo)
+        });
         undo.fence();
-        true
+        ok
     }
 
     /// Like `apply_rows` for whole rows `stride` long whose gradients come in column parts
@@ -199,56 +195,59 @@ impl Step {
         parts: impl Iterator<Item = GradPart<'g>> + Clone,
         undo: &mut UndoLog,
     ) -> bool {
-        const AHEAD: usize = 12;
         let mut scratch = Scratch::default();
-        for (k, &row) in rows.iter().enumerate() {
-            if let Some(&ahead) = rows.get(k + AHEAD) {
+        let ok = rows.iter().enumerate().all(|(k, &row)| {
+            if let Some(&ahead) = rows.get(k + ROWS_AHEAD) {
                 param.prefetch(ahead as usize * stride, stride);
             }
-            for part in parts.clone() {
+            parts.clone().all(|part| {
                 let cw = part.cols.len();
                 let start = row as usize * stride + part.cols.start;
-                if !self.update_run(param, key, start, &part.grads[k * cw..(k + 1) * cw], &mut scratch, undo) {
-                    undo.fence();
-                    return false;
-                }
-            }
-        }
+                self.update_run(param, key, start, &part.grads[k * cw..(k + 1) * cw], &mut scratch, undo)
+            })
+        });
         undo.fence();
-        true
+        ok
     }
 
     /// `apply_rows` for rows of one element (the logistic regression's weights, feature biases):
     /// the same update element by element, without the chunk machinery a wide row needs.
     fn apply_scalar_rows(&self, param: &Param, key: u32, rows: &[u64], grads: &[f32], undo: &mut UndoLog) -> bool {
+        // One line per row: more rows in flight than for wide rows.
         const AHEAD: usize = 16;
-        let (l1, l2) = if param.regularized { (self.l1, self.l2) } else { (0.0, 0.0) };
         let n_slots = param.slots.len();
         let slot = |k: usize, i: usize| param.slots.get(k).map_or(0.0, |s| s.get(i));
-        for (k, (&row, g)) in rows.iter().zip(grads.chunks_exact(1)).enumerate() {
+        let ok = rows.iter().zip(grads.chunks_exact(1)).enumerate().all(|(k, (&row, g))| {
             if let Some(&ahead) = rows.get(k + AHEAD) {
                 param.prefetch(ahead as usize, 1);
             }
             let i = row as usize;
             let (mut w, mut s0, mut s1) = ([param.values.get(i)], [slot(0, i)], [slot(1, i)]);
-            undo.record_scalar(key, i, [w[0], s0[0], s1[0]], n_slots);
-            match self.kind {
-                OptimizerKind::Sgd => sgd::update(&mut w, g, self.learning_rate, l2),
-                OptimizerKind::LazyAdam => lazy_adam::update(&mut w, &mut s0, &mut s1, g, self.lr_t, l2),
-                OptimizerKind::Adagrad => adagrad::update(&mut w, &mut s0, g, self.learning_rate, l2),
-                OptimizerKind::Ftrl => ftrl::update(&mut w, &mut s0, &mut s1, g, self.learning_rate, l1, l2),
-            }
+            undo.record(key, i, [&w[..], &s0[..], &s1[..]].into_iter().take(1 + n_slots));
+            self.rule(param, &mut w, &mut s0, &mut s1, g);
             if !(w[0].is_finite() && s0[0].is_finite() && s1[0].is_finite()) {
-                undo.fence();
                 return false;
             }
             param.values.set(i, w[0]);
             for (slot, v) in param.slots.iter().zip([s0[0], s1[0]]) {
                 slot.set(i, v);
             }
-        }
+            true
+        });
         undo.fence();
-        true
+        ok
+    }
+
+    /// The optimizer's update rule on plain copies of a run of `param` (`w`) and its slots.
+    #[inline(always)]
+    fn rule(&self, param: &Param, w: &mut [f32], s0: &mut [f32], s1: &mut [f32], g: &[f32]) {
+        let (l1, l2) = if param.regularized { (self.l1, self.l2) } else { (0.0, 0.0) };
+        match self.kind {
+            OptimizerKind::Sgd => sgd::update(w, g, self.learning_rate, l2),
+            OptimizerKind::LazyAdam => lazy_adam::update(w, s0, s1, g, self.lr_t, l2),
+            OptimizerKind::Adagrad => adagrad::update(w, s0, g, self.learning_rate, l2),
+            OptimizerKind::Ftrl => ftrl::update(w, s0, s1, g, self.learning_rate, l1, l2),
+        }
     }
 
     /// Updates `[start, start + grads.len())` of `param`: each chunk is loaded from the shared
@@ -256,7 +255,6 @@ impl Step {
     /// values logged first. Returns false, storing nothing, if the chunk would become non-finite.
     #[inline(always)]
     fn update_run(&self, param: &Param, key: u32, start: usize, grads: &[f32], scratch: &mut Scratch, undo: &mut UndoLog) -> bool {
-        let (l1, l2) = if param.regularized { (self.l1, self.l2) } else { (0.0, 0.0) };
         let n_slots = param.slots.len();
         for (c, g) in grads.chunks(CHUNK).enumerate() {
             let start = start + c * CHUNK;
@@ -267,12 +265,7 @@ impl Step {
                 slot.load_into(start, buf);
             }
             undo.record(key, start, [&*w, &*s0, &*s1].into_iter().take(1 + n_slots));
-            match self.kind {
-                OptimizerKind::Sgd => sgd::update(w, g, self.learning_rate, l2),
-                OptimizerKind::LazyAdam => lazy_adam::update(w, s0, s1, g, self.lr_t, l2),
-                OptimizerKind::Adagrad => adagrad::update(w, s0, g, self.learning_rate, l2),
-                OptimizerKind::Ftrl => ftrl::update(w, s0, s1, g, self.learning_rate, l1, l2),
-            }
+            self.rule(param, w, s0, s1, g);
             let finite = |v: &[f32]| v.iter().fold(true, |ok, x| ok & x.is_finite());
             if !(finite(w) && (n_slots < 1 || finite(s0)) && (n_slots < 2 || finite(s1))) {
                 return false;
@@ -295,6 +288,9 @@ pub struct GradPart<'g> {
 
 /// Elements per chunk of an optimizer update (stack arrays of this size).
 const CHUNK: usize = 64;
+
+/// How many rows ahead an update prefetches its rows (scattered over a large table).
+const ROWS_AHEAD: usize = 12;
 
 /// Stack copies of one chunk of weights and optimizer slots.
 struct Scratch {
@@ -391,17 +387,6 @@ impl UndoLog {
             append_streaming(&mut self.values, part);
         }
         self.entries.push((key, start, len));
-    }
-
-    /// `record` for one element: `old` is the value and the slots' values (those past
-    /// `n_slots` are ignored).
-    #[inline(always)]
-    fn record_scalar(&mut self, key: u32, start: usize, old: [f32; 3], n_slots: usize) {
-        if self.disabled {
-            return;
-        }
-        self.values.extend_from_slice(&old[..1 + n_slots]);
-        self.entries.push((key, start, 1));
     }
 
     /// Makes the streaming stores of `record` visible to other threads (call before handing the

@@ -11,8 +11,46 @@ use crate::error::{Error, Result};
 use crate::model::{Batch, Model};
 use crate::optim::UndoLog;
 
+/// The talk's comparison points that `sparselin bench` runs beside the optimized trainer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Comparison {
+    /// Dense gradient and dense optimizer step (`fit_dense_baseline`).
+    DenseBaseline,
+    /// Approach A: batches split by rows between threads (`row_partition::fit_row_partitioned`).
+    RowPartitioned,
+}
+
+impl Comparison {
+    pub fn parse(name: &str) -> Result<Self> {
+        match name {
+            "dense_baseline" => Ok(Self::DenseBaseline),
+            "row_partitioned" => Ok(Self::RowPartitioned),
+            other => Err(crate::invalid!("unknown comparison '{other}': use 'dense_baseline' or 'row_partitioned'")),
+        }
+    }
+}
+
+/// One epoch of `kind`; returns (mean loss, seconds).
+pub fn fit_comparison<P: Idx, I: Idx>(
+    kind: Comparison,
+    model: &Model,
+    data: &TrainData<'_, P, I>,
+    batch_size: usize,
+    threads: usize,
+) -> Result<(f64, f64)> {
+    match kind {
+        Comparison::DenseBaseline => fit_dense_baseline(model, data, batch_size, threads),
+        Comparison::RowPartitioned => super::row_partition::fit_row_partitioned(model, data, batch_size, threads),
+    }
+}
+
 /// One epoch with dense gradients and dense optimizer steps; returns (mean loss, seconds).
-pub fn fit_dense_baseline<P: Idx, I: Idx>(model: &Model, data: &TrainData<'_, P, I>, batch_size: usize, threads: usize) -> Result<(f64, f64)> {
+pub fn fit_dense_baseline<P: Idx, I: Idx>(
+    model: &Model,
+    data: &TrainData<'_, P, I>,
+    batch_size: usize,
+    threads: usize,
+) -> Result<(f64, f64)> {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(resolve_threads(threads))
         .build()

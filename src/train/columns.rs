@@ -21,13 +21,11 @@ use crate::data::Idx;
 use crate::error::{Error, Result};
 use crate::model::sparse_linear::{Prepare, COLUMN_BLOCK};
 use crate::model::workspace::{zeroed, PreparedBatch, Workspace};
-use crate::model::{Batch, Model};
+use crate::model::{Batch, DenseRows, Model};
 use crate::optim::{GradPart, UndoLog};
 
 /// Tasks per thread in each parallel phase of a step.
 const TASKS_PER_THREAD: usize = 4;
-/// Column ranges per thread in the backward pass (each scans every non-zero of the batch).
-const COLUMN_PARTS_PER_THREAD: usize = 1;
 
 /// One task's columns and its gradient buffers.
 #[derive(Default)]
@@ -60,7 +58,7 @@ pub fn split_columns(width: usize, parts: usize) -> Vec<Range<usize>> {
 }
 
 /// The `i`-th of `parts` near-equal ranges of `0..n`.
-fn share(n: usize, i: usize, parts: usize) -> Range<usize> {
+pub(crate) fn share(n: usize, i: usize, parts: usize) -> Range<usize> {
     n * i / parts..n * (i + 1) / parts
 }
 
@@ -84,7 +82,7 @@ pub struct ColumnTrainer<'m> {
 impl<'m> ColumnTrainer<'m> {
     pub fn new(model: &'m Model, threads: usize) -> Self {
         let tasks = TASKS_PER_THREAD * threads.max(1);
-        let parts: Vec<ColumnPart> = split_columns(model.config.sparse_width, COLUMN_PARTS_PER_THREAD * threads.max(1))
+        let parts: Vec<ColumnPart> = split_columns(model.config.sparse_width, threads.max(1))
             .into_iter()
             .map(|cols| ColumnPart { cols, ..Default::default() })
             .collect();
@@ -336,7 +334,7 @@ impl DenseChunk {
         dense_b: &[Vec<f32>],
         d_h: &mut [f32],
     ) {
-        let (m, layers) = (rows.len(), model.dense.len());
+        let layers = model.dense.len();
         self.pre.resize_with(layers + 1, Vec::new);
         self.act.resize_with(layers, Vec::new);
         self.d_pre.resize_with(layers + 1, Vec::new);
@@ -344,43 +342,16 @@ impl DenseChunk {
         self.grad_b.resize_with(layers, Vec::new);
         self.pre[0].clear();
         self.pre[0].extend_from_slice(h);
-        for (l, layer) in model.dense.iter().enumerate() {
-            let act = &mut self.act[l];
-            act.clear();
-            act.extend_from_slice(&self.pre[l]);
-            crate::model::dense::relu_in_place(act);
-            zeroed(&mut self.pre[l + 1], m * layer.n_out);
-            crate::model::dense::forward(act, &dense_w[l], &dense_b[l], layer.n_in, layer.n_out, &mut self.pre[l + 1]);
-        }
-        let targets = batch.rows[rows].iter().map(|&r| {
-            let r = r as usize;
-            (batch.targets[r], batch.weights.map_or(1.0, |w| w[r]))
-        });
-        let mut d_logits = std::mem::take(&mut self.d_pre[layers]);
-        zeroed(&mut d_logits, self.pre[layers].len());
-        self.loss =
-            crate::model::loss::loss_and_grad(model.config.task, &self.pre[layers], targets, 1.0 / batch.rows.len() as f32, &mut d_logits);
-        self.d_pre[layers] = d_logits;
-        for (l, layer) in model.dense.iter().enumerate().rev() {
-            zeroed(&mut self.grad_w[l], layer.n_in * layer.n_out);
-            zeroed(&mut self.grad_b[l], layer.n_out);
-            let mut d_in = std::mem::take(&mut self.d_pre[l]);
-            zeroed(&mut d_in, m * layer.n_in);
-            crate::model::dense::backward(
-                &self.act[l],
-                &self.d_pre[l + 1],
-                &dense_w[l],
-                layer.n_in,
-                layer.n_out,
-                &mut self.grad_w[l],
-                &mut self.grad_b[l],
-                &mut self.bias_acc,
-                &mut self.w_t,
-                Some(&mut d_in),
-            );
-            crate::model::dense::relu_backward(&self.pre[l], &mut d_in);
-            self.d_pre[l] = d_in;
-        }
+        let buffers = DenseRows {
+            pre: &mut self.pre,
+            act: &mut self.act,
+            d_pre: &mut self.d_pre,
+            grad_w: &mut self.grad_w,
+            grad_b: &mut self.grad_b,
+            bias_acc: &mut self.bias_acc,
+            w_t: &mut self.w_t,
+        };
+        self.loss = model.dense_rows(buffers, dense_w, dense_b, &batch.rows[rows], batch, 1.0 / batch.rows.len() as f32);
         d_h.copy_from_slice(&self.d_pre[0]);
     }
 }

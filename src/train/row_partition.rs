@@ -6,17 +6,13 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 
+use super::columns::share;
 use super::trainer::{resolve_threads, TrainData};
 use crate::data::{epoch_order, Idx};
 use crate::error::{Error, Result};
 use crate::model::workspace::{zeroed, Workspace};
 use crate::model::{Batch, Model};
 use crate::optim::UndoLog;
-
-/// The `i`-th of `parts` near-equal ranges of `0..n`.
-fn share(n: usize, i: usize, parts: usize) -> std::ops::Range<usize> {
-    n * i / parts..n * (i + 1) / parts
-}
 
 /// Adds `scale` x the gradients of `part` (one slice of the batch) into `sum`, matching ids.
 fn accumulate(sum: &mut Workspace, part: &Workspace, scale: f32, width: usize) {
