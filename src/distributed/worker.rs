@@ -103,8 +103,7 @@ impl PullWorker {
         if let Some(&r) = rows.iter().find(|&&r| r as usize >= x.n_rows()) {
             return Err(invalid!("row {r} is out of range for {} rows", x.n_rows()));
         }
-        let nnz: usize = rows.iter().map(|&r| x.row(r as usize).0.len()).sum();
-        self.dedup.reset(nnz);
+        self.dedup.reset();
         for &r in rows {
             for id in x.row(r as usize).0 {
                 self.dedup.slot_of(id.as_usize() as u64);
@@ -173,7 +172,11 @@ impl PullWorker {
         }
         let per_id = if self.config.normalize { unique } else { 0 };
         if feat_bias.len() != per_id || max_abs.len() != per_id {
-            return Err(invalid!("expected {per_id} pulled feature biases and max_abs values, got {} and {}", feat_bias.len(), max_abs.len()));
+            return Err(invalid!(
+                "expected {per_id} pulled feature biases and max_abs values, got {} and {}",
+                feat_bias.len(),
+                max_abs.len()
+            ));
         }
         if dense.len() != self.dense_len() {
             return Err(invalid!("{} pulled dense values, expected {}", dense.len(), self.dense_len()));

@@ -42,7 +42,7 @@ impl HostBatch {
         self.values.clear();
         self.targets.clear();
         self.weights.clear();
-        slots.reset(nnz);
+        slots.reset();
         self.row_ptr.push(0);
         for (b, &r) in rows.iter().enumerate() {
             let (ids, values) = x.row(r as usize);

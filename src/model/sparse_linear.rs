@@ -96,7 +96,7 @@ impl SparseLinear {
             }
             batch.nnz_ids.extend(x.row(r as usize).0.iter().map(|id| id.as_usize() as u64));
         }
-        batch.slots.reset(batch.nnz_ids.len());
+        batch.slots.reset();
         batch.nnz_slot.clear();
         batch.nnz_y.clear();
         batch.row_end.clear();
@@ -105,10 +105,13 @@ impl SparseLinear {
         for &r in rows {
             let (ids, values) = x.row(r as usize);
             for (&id, &v) in ids.iter().zip(values) {
-                if let (Some(&ahead), Some(n)) = (batch.nnz_ids.get(k + PREFETCH_DISTANCE), norm) {
-                    n.max_abs.prefetch(ahead as usize, 1);
-                    if mode == Prepare::Now {
-                        n.feat_bias.values.prefetch(ahead as usize, 1);
+                if let Some(&ahead) = batch.nnz_ids.get(k + PREFETCH_DISTANCE) {
+                    batch.slots.prefetch(ahead);
+                    if let Some(n) = norm {
+                        n.max_abs.prefetch(ahead as usize, 1);
+                        if mode == Prepare::Now {
+                            n.feat_bias.values.prefetch(ahead as usize, 1);
+                        }
                     }
                 }
                 k += 1;

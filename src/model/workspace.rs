@@ -5,54 +5,94 @@ use crate::rng::mix64;
 
 /// Maps the feature ids of a batch to dense slots 0..n_unique (insertion order), so gradients
 /// of a hot feature that appears in most rows are summed into one row and the optimizer touches
-/// each row once. Open addressing with linear probing; cleared by visiting only the used cells.
-#[derive(Default)]
+/// each row once. Open addressing with linear probing over cells holding both key and slot (one
+/// cache line per probe, prefetchable ahead with `prefetch`); the table is sized by the number of
+/// distinct ids (load at most 1/2, grown by rehashing), not by the number of non-zeros, so a
+/// 512-row batch's table stays within the L2 cache. Cleared by visiting only the used cells.
 pub struct RowSlots {
-    keys: Vec<u64>,
-    slot: Vec<u32>,
+    cells: Vec<Cell>,
     used_cells: Vec<usize>,
     /// Feature id of each slot.
     pub ids: Vec<u64>,
 }
 
-const EMPTY: u64 = u64::MAX;
+#[derive(Clone, Copy)]
+#[repr(C, align(16))]
+struct Cell {
+    key: u64,
+    slot: u32,
+}
+
+const EMPTY: Cell = Cell { key: u64::MAX, slot: 0 };
+
+/// The table's smallest size (cells).
+const MIN_CELLS: usize = 64;
+
+impl Default for RowSlots {
+    fn default() -> Self {
+        Self { cells: vec![EMPTY; MIN_CELLS], used_cells: Vec::new(), ids: Vec::new() }
+    }
+}
 
 impl RowSlots {
-    /// Forgets all ids and makes room for at least `max_ids` distinct ones.
-    pub fn reset(&mut self, max_ids: usize) {
-        let wanted = (max_ids.max(8) * 2).next_power_of_two();
-        if self.keys.len() < wanted {
-            self.keys = vec![EMPTY; wanted];
-            self.slot = vec![0; wanted];
-            self.used_cells.clear();
-        } else {
-            for &cell in &self.used_cells {
-                self.keys[cell] = EMPTY;
-            }
-            self.used_cells.clear();
+    /// Forgets all ids. The table keeps its size (that of the largest batch so far).
+    pub fn reset(&mut self) {
+        for &cell in &self.used_cells {
+            self.cells[cell] = EMPTY;
         }
+        self.used_cells.clear();
         self.ids.clear();
+    }
+
+    #[inline(always)]
+    fn home(&self, id: u64) -> usize {
+        (mix64(id) as usize) & (self.cells.len() - 1)
+    }
+
+    /// Hints the CPU to bring the cell where a lookup of `id` starts into cache.
+    #[inline(always)]
+    pub fn prefetch(&self, id: u64) {
+        let cell = self.home(id);
+        crate::train::shared::prefetch_slice(&self.cells[cell..cell + 1]);
     }
 
     /// The slot of `id`, and whether it was just created.
     #[inline]
     pub fn slot_of(&mut self, id: u64) -> (u32, bool) {
-        let mask = self.keys.len() - 1;
-        let mut cell = (mix64(id) as usize) & mask;
+        let mask = self.cells.len() - 1;
+        let mut cell = self.home(id);
         loop {
-            let key = self.keys[cell];
-            if key == id {
-                return (self.slot[cell], false);
+            let c = self.cells[cell];
+            if c.key == id {
+                return (c.slot, false);
             }
-            if key == EMPTY {
+            if c.key == EMPTY.key {
                 let s = self.ids.len() as u32;
-                self.keys[cell] = id;
-                self.slot[cell] = s;
+                self.cells[cell] = Cell { key: id, slot: s };
                 self.used_cells.push(cell);
                 self.ids.push(id);
+                if 2 * self.ids.len() > self.cells.len() {
+                    self.grow();
+                }
                 return (s, true);
             }
             cell = (cell + 1) & mask;
+        }
+    }
+
+    /// Doubles the table and re-inserts every id with its slot.
+    #[cold]
+    fn grow(&mut self) {
+        self.cells = vec![EMPTY; 2 * self.cells.len()];
+        self.used_cells.clear();
+        let mask = self.cells.len() - 1;
+        for (s, &id) in self.ids.iter().enumerate() {
+            let mut cell = self.home(id);
+            while self.cells[cell].key != EMPTY.key {
+                cell = (cell + 1) & mask;
+            }
+            self.cells[cell] = Cell { key: id, slot: s as u32 };
+            self.used_cells.push(cell);
         }
     }
 
@@ -127,17 +167,25 @@ mod tests {
     #[test]
     fn slots_dedup_and_reset() {
         let mut s = RowSlots::default();
-        s.reset(4);
+        s.reset();
         assert_eq!(s.slot_of(10), (0, true));
         assert_eq!(s.slot_of(99), (1, true));
         assert_eq!(s.slot_of(10), (0, false));
         assert_eq!(s.ids, vec![10, 99]);
-        s.reset(4);
+        s.reset();
         assert!(s.is_empty());
         assert_eq!(s.slot_of(99), (0, true));
-        s.reset(10_000);
+        // Past the first table size: growth keeps every slot, repeats still find theirs.
+        s.reset();
         for i in 0..10_000u64 {
             assert_eq!(s.slot_of(i * 7919), (i as u32, true));
         }
+        for i in (0..10_000u64).rev() {
+            assert_eq!(s.slot_of(i * 7919), (i as u32, false));
+        }
+        s.reset();
+        assert!(s.is_empty());
+        assert_eq!(s.slot_of(7919), (0, true));
+        assert_eq!(s.slot_of(u64::MAX - 1), (1, true));
     }
 }

@@ -266,8 +266,7 @@ impl Step {
             }
             undo.record(key, start, [&*w, &*s0, &*s1].into_iter().take(1 + n_slots));
             self.rule(param, w, s0, s1, g);
-            let finite = |v: &[f32]| v.iter().fold(true, |ok, x| ok & x.is_finite());
-            if !(finite(w) && (n_slots < 1 || finite(s0)) && (n_slots < 2 || finite(s1))) {
+            if !(all_finite(w) && (n_slots < 1 || all_finite(s0)) && (n_slots < 2 || all_finite(s1))) {
                 return false;
             }
             param.values.store_from(start, w);
@@ -277,6 +276,14 @@ impl Step {
         }
         true
     }
+}
+
+/// Whether no element is infinite or NaN, in integer operations that vectorize (a float
+/// compare-and-branch per element would cost as much as the update itself): an exponent of all
+/// ones plus one exponent step carries into the sign bit.
+#[inline(always)]
+fn all_finite(v: &[f32]) -> bool {
+    v.iter().fold(0u32, |acc, x| acc | (x.to_bits() & 0x7f80_0000).wrapping_add(0x0080_0000)) & 0x8000_0000 == 0
 }
 
 /// Columns `cols` of the gradients of a list of rows (rows x `cols.len()`).
@@ -413,6 +420,25 @@ impl UndoLog {
                 slot.store_from(start, &old[(k + 1) * len..(k + 2) * len]);
             }
             end = begin;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::all_finite;
+
+    #[test]
+    fn all_finite_matches_is_finite_on_every_kind_of_float() {
+        let finite = [0.0, -0.0, 1.0, -3.3e38, f32::MAX, f32::MIN, f32::MIN_POSITIVE, 1e-45, -1e-45];
+        let not = [f32::INFINITY, f32::NEG_INFINITY, f32::NAN, -f32::NAN, f32::from_bits(0x7f80_0001), f32::from_bits(0xffff_ffff)];
+        assert!(all_finite(&finite) && all_finite(&[]));
+        for bad in not {
+            for at in 0..finite.len() {
+                let mut v = finite.to_vec();
+                v.insert(at, bad);
+                assert!(!all_finite(&v), "{bad} at {at}");
+            }
         }
     }
 }

@@ -71,7 +71,7 @@ pub fn fit_row_partitioned<P: Idx, I: Idx>(
                 .collect()
         });
         // The gradient of the batch mean is the slices' means weighted by their share of rows.
-        sum.batch.slots.reset(parts[..slices].iter().map(|p| p.batch.slots.len()).sum());
+        sum.batch.slots.reset();
         sum.grad_rows.clear();
         sum.grad_feat_bias.clear();
         zeroed(&mut sum.grad_sparse_bias, width);
