@@ -22,13 +22,7 @@ pub fn sigmoid(z: f32) -> f32 {
 
 /// Writes dL/dz into `d_logits` and returns the summed weighted loss `sum_b s_b l_b` (not
 /// divided by B, so callers can also sum over batches).
-pub fn loss_and_grad(
-    task: Task,
-    logits: &[f32],
-    targets: impl Iterator<Item = (f32, f32)>,
-    inv_batch: f32,
-    d_logits: &mut [f32],
-) -> f64 {
+pub fn loss_and_grad(task: Task, logits: &[f32], targets: impl Iterator<Item = (f32, f32)>, inv_batch: f32, d_logits: &mut [f32]) -> f64 {
     let mut total = 0.0f64;
     for ((&z, (t, s)), d) in logits.iter().zip(targets).zip(d_logits.iter_mut()) {
         match task {

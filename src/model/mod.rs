@@ -52,9 +52,7 @@ impl ModelConfig {
             return Err(invalid!("sparse_width must be at least 1"));
         }
         match &self.head {
-            Head::Linear if self.sparse_width != 1 => {
-                return Err(invalid!("a linear model has sparse_width 1, got {}", self.sparse_width))
-            }
+            Head::Linear if self.sparse_width != 1 => return Err(invalid!("a linear model has sparse_width 1, got {}", self.sparse_width)),
             Head::Mlp { hidden } => {
                 if hidden.contains(&0) {
                     return Err(invalid!("hidden layer sizes must be >= 1, got {hidden:?}"));
@@ -234,7 +232,7 @@ impl Model {
         self.sparse.backward(&d_h, self.norm.is_some(), ws);
         ws.d_pre[0] = d_h;
 
-        let finite = |v: &[f32]| v.iter().all(|x| x.is_finite());
+        let finite = crate::optim::all_finite;
         if !(finite(&ws.grad_rows)
             && finite(&ws.grad_feat_bias)
             && finite(&ws.grad_sparse_bias)
@@ -385,9 +383,7 @@ impl Model {
         if !ok {
             self.undo(&ws.undo);
             ws.undo.clear();
-            return Err(Error::Diverged(
-                "an update would make a weight or optimizer state non-finite; it was not applied".into(),
-            ));
+            return Err(Error::Diverged("an update would make a weight or optimizer state non-finite; it was not applied".into()));
         }
         Ok(())
     }
@@ -414,11 +410,7 @@ impl Model {
     /// Raw outputs (logits for a classifier) of every row, in parallel on the current rayon pool.
     pub fn decision_function<P: Idx, I: Idx>(&self, x: &CsrView<'_, P, I>, out: &mut [f32]) -> Result<()> {
         if x.n_features() != self.config.n_features {
-            return Err(invalid!(
-                "X has {} features but the model was built for n_features={}",
-                x.n_features(),
-                self.config.n_features
-            ));
+            return Err(invalid!("X has {} features but the model was built for n_features={}", x.n_features(), self.config.n_features));
         }
         if out.len() != x.n_rows() {
             return Err(invalid!("output has {} entries for {} rows", out.len(), x.n_rows()));
@@ -577,7 +569,9 @@ mod tests {
     fn config_errors() {
         assert!(Model::new(ModelConfig { n_features: 0, ..config(Head::Linear, 1, OptimizerKind::Sgd) }).is_err());
         assert!(Model::new(config(Head::Mlp { hidden: vec![4] }, 4, OptimizerKind::Ftrl)).is_err());
-        assert!(Model::new(ModelConfig { n_features: 1 << 40, ..config(Head::Mlp { hidden: vec![] }, 64, OptimizerKind::LazyAdam) }).is_err());
+        assert!(
+            Model::new(ModelConfig { n_features: 1 << 40, ..config(Head::Mlp { hidden: vec![] }, 64, OptimizerKind::LazyAdam) }).is_err()
+        );
         // Sizes whose products overflow usize are refused before anything is allocated.
         let e = Model::new(config(Head::Mlp { hidden: vec![usize::MAX, usize::MAX] }, usize::MAX, OptimizerKind::Sgd)).err().unwrap();
         assert!(e.to_string().contains("GiB"), "{e}");

@@ -7,7 +7,7 @@ use std::ops::Range;
 use crate::data::{CsrView, Idx};
 use crate::error::Result;
 use crate::features::Normalizer;
-use crate::model::workspace::{zeroed, PreparedBatch, Workspace};
+use crate::model::workspace::{resized, zeroed, PreparedBatch, Workspace};
 use crate::optim::{OptimizerKind, Param};
 use crate::rng::hash_to_unit;
 use crate::train::shared::{load, prefetch_slice};
@@ -60,18 +60,17 @@ impl SparseLinear {
     pub fn forward_train<P: Idx, I: Idx>(&self, x: &CsrView<'_, P, I>, rows: &[u32], norm: Option<&Normalizer>, ws: &mut Workspace) {
         self.prepare(x, rows, norm, Prepare::Now, &mut ws.batch);
         let width = self.width;
-        zeroed(&mut ws.row_cache, ws.batch.slots.len() * width);
+        resized(&mut ws.row_cache, ws.batch.slots.len() * width);
         self.load_rows(&ws.batch.slots.ids, 0, &mut ws.row_cache);
         zeroed(&mut ws.sparse_bias, width);
         self.bias.values.load_into(0, &mut ws.sparse_bias);
-        zeroed(&mut ws.pre[0], ws.batch.row_end.len() * width);
+        resized(&mut ws.pre[0], ws.batch.row_end.len() * width);
         self.sum_rows(&ws.batch, &ws.sparse_bias, &ws.row_cache, 0, &mut ws.pre[0]);
     }
 
     /// The first half of the forward pass: each non-zero's input y (normalized in batch order,
     /// max_abs updated) and slot, with the id of every slot. `Prepare::Ahead` leaves the feature
-    /// bias out of y (it may still change before the batch's turn; `add_feature_bias` adds it
-    /// then) and logs every max_abs it raises in `batch.raised`.
+    /// bias out of y (it may still change before the batch's turn; it is added then) and logs every max_abs it raises in `batch.raised`.
     pub fn prepare<P: Idx, I: Idx>(
         &self,
         x: &CsrView<'_, P, I>,
@@ -131,15 +130,6 @@ impl SparseLinear {
                 batch.nnz_y.push(y);
             }
             batch.row_end.push(batch.nnz_y.len());
-        }
-    }
-
-    /// Completes a batch prepared with `Prepare::Ahead`: adds each id's current feature bias.
-    pub fn add_feature_bias(norm: &Normalizer, batch: &mut PreparedBatch, fb_of_slot: &mut Vec<f32>) {
-        fb_of_slot.clear();
-        fb_of_slot.extend(batch.slots.ids.iter().map(|&id| norm.feat_bias.values.get(id as usize)));
-        for (y, &slot) in batch.nnz_y.iter_mut().zip(&batch.nnz_slot) {
-            *y += fb_of_slot[slot as usize];
         }
     }
 

@@ -160,6 +160,13 @@ pub fn zeroed(buf: &mut Vec<f32>, len: usize) {
     buf.resize(len, 0.0);
 }
 
+/// Resizes to `len` keeping old contents, for a buffer the caller then overwrites whole (zeroing
+/// a batch's row cache first is a serial memset of megabytes).
+#[inline]
+pub fn resized(buf: &mut Vec<f32>, len: usize) {
+    buf.resize(len, 0.0);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -282,7 +282,7 @@ impl Step {
 /// compare-and-branch per element would cost as much as the update itself): an exponent of all
 /// ones plus one exponent step carries into the sign bit.
 #[inline(always)]
-fn all_finite(v: &[f32]) -> bool {
+pub(crate) fn all_finite(v: &[f32]) -> bool {
     v.iter().fold(0u32, |acc, x| acc | (x.to_bits() & 0x7f80_0000).wrapping_add(0x0080_0000)) & 0x8000_0000 == 0
 }
 

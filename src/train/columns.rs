@@ -20,9 +20,9 @@ use rayon::ThreadPool;
 use crate::data::Idx;
 use crate::error::{Error, Result};
 use crate::model::sparse_linear::{Prepare, COLUMN_BLOCK};
-use crate::model::workspace::{zeroed, PreparedBatch, Workspace};
+use crate::model::workspace::{resized, zeroed, PreparedBatch, Workspace};
 use crate::model::{Batch, DenseRows, Model};
-use crate::optim::{GradPart, UndoLog};
+use crate::optim::{all_finite as finite, GradPart, UndoLog};
 
 /// Tasks per thread in each parallel phase of a step.
 const TASKS_PER_THREAD: usize = 4;
@@ -62,21 +62,25 @@ pub(crate) fn share(n: usize, i: usize, parts: usize) -> Range<usize> {
     n * i / parts..n * (i + 1) / parts
 }
 
-fn finite(v: &[f32]) -> bool {
-    v.iter().fold(true, |ok, x| ok & x.is_finite())
-}
-
 /// Column-partitioned training of one model through one pass over batches, in order.
 pub struct ColumnTrainer<'m> {
     model: &'m Model,
     ws: Workspace,
-    parts: Vec<ColumnPart>,
-    workers: Vec<RowWorker>,
-    /// The next batch, normalized while this one ran through the dense layers.
+    scratch: StepScratch,
+    /// The next batch, normalized during this one's update.
     ahead: PreparedBatch,
     ahead_of: Option<usize>,
-    fb_of_slot: Vec<f32>,
+}
+
+/// The step's buffers beside the workspace.
+struct StepScratch {
+    parts: Vec<ColumnPart>,
+    workers: Vec<RowWorker>,
     dense_chunks: Vec<DenseChunk>,
+    /// The feature bias of each slot (a batch normalized ahead gets it at its turn).
+    fb_of_slot: Vec<f32>,
+    /// Each non-zero's feature-bias gradient, before they are summed per slot.
+    nnz_dy: Vec<f32>,
 }
 
 impl<'m> ColumnTrainer<'m> {
@@ -90,12 +94,9 @@ impl<'m> ColumnTrainer<'m> {
         Self {
             model,
             ws: model.workspace(),
-            parts,
-            workers,
+            scratch: StepScratch { parts, workers, dense_chunks: Vec::new(), fb_of_slot: Vec::new(), nnz_dy: Vec::new() },
             ahead: PreparedBatch::default(),
             ahead_of: None,
-            fb_of_slot: Vec::new(),
-            dense_chunks: Vec::new(),
         }
     }
 
@@ -108,9 +109,10 @@ impl<'m> ColumnTrainer<'m> {
 
     /// Undoes the last update (this batch's, or the previous one's) and the batch prepared ahead.
     fn undo_all(&mut self) {
-        let logs: Vec<&UndoLog> = self.workers.iter().map(|w| &w.undo).chain(std::iter::once(&self.ws.undo)).collect();
+        let workers = &mut self.scratch.workers;
+        let logs: Vec<&UndoLog> = workers.iter().map(|w| &w.undo).chain(std::iter::once(&self.ws.undo)).collect();
         self.model.undo_logs(&logs);
-        self.workers.iter_mut().for_each(|w| w.undo.clear());
+        workers.iter_mut().for_each(|w| w.undo.clear());
         self.ws.undo.clear();
         self.finish();
     }
@@ -133,19 +135,18 @@ impl<'m> ColumnTrainer<'m> {
         let (sparse, norm) = (&model.sparse, model.norm.as_ref());
         // This batch's inputs: normalized ahead (then its feature bias is added now that the
         // previous update is done), or now.
-        if self.ahead_of == Some(index) {
+        let was_ahead = self.ahead_of == Some(index);
+        if was_ahead {
             std::mem::swap(&mut self.ws.batch, &mut self.ahead);
             self.ahead_of = None;
             self.ws.batch.raised.clear();
-            if let Some(norm) = norm {
-                crate::model::sparse_linear::SparseLinear::add_feature_bias(norm, &mut self.ws.batch, &mut self.fb_of_slot);
-            }
         } else {
             self.finish();
             sparse.prepare(batch.x, batch.rows, norm, Prepare::Now, &mut self.ws.batch);
         }
+        let add_feature_bias = was_ahead && norm.is_some();
         let (ahead, ahead_of) = (&mut self.ahead, &mut self.ahead_of);
-        let (ws, parts, workers, chunks) = (&mut self.ws, &mut self.parts[..], &mut self.workers[..], &mut self.dense_chunks);
+        let (ws, scratch) = (&mut self.ws, &mut self.scratch);
         // On a pool thread, so that the calling thread does not compete with the pool for cores.
         let result = pool.install(|| {
             rayon::in_place_scope(|s| {
@@ -153,7 +154,7 @@ impl<'m> ColumnTrainer<'m> {
                     s.spawn(move |_| sparse.prepare(next.x, next.rows, norm, Prepare::Ahead, ahead));
                     *ahead_of = Some(*j);
                 }
-                step_on(model, batch, ws, parts, workers, chunks, pool)
+                step_on(model, batch, add_feature_bias, ws, scratch, pool)
             })
         });
         match result {
@@ -171,17 +172,17 @@ impl<'m> ColumnTrainer<'m> {
 }
 
 /// Forward, backward and update of the prepared batch in `ws`, in tasks of `workers.len()`
-/// ranges of slots or batch rows and `parts.len()` ranges of columns (more tasks than threads,
-/// so that the thread normalizing the next batch finds work left when it is done).
+/// ranges of slots, non-zeros or batch rows and `parts.len()` ranges of columns (more tasks than
+/// threads, so that the thread normalizing the next batch finds work left when it is done).
 fn step_on<P: Idx, I: Idx>(
     model: &Model,
     batch: &Batch<'_, '_, P, I>,
+    add_feature_bias: bool,
     ws: &mut Workspace,
-    parts: &mut [ColumnPart],
-    workers: &mut [RowWorker],
-    chunks: &mut Vec<DenseChunk>,
+    scratch: &mut StepScratch,
     pool: &ThreadPool,
 ) -> Result<f64> {
+    let StepScratch { parts, workers, dense_chunks: chunks, fb_of_slot, nnz_dy } = scratch;
     let n = batch.rows.len();
     let (sparse, norm) = (&model.sparse, model.norm.as_ref());
     let width = model.config.sparse_width;
@@ -189,20 +190,43 @@ fn step_on<P: Idx, I: Idx>(
 
     // Forward: W rows loaded by ranges of slots, then h summed by ranges of batch rows.
     let n_slots = ws.batch.slots.len();
-    zeroed(&mut ws.row_cache, n_slots * width);
+    resized(&mut ws.row_cache, n_slots * width);
     zeroed(&mut ws.sparse_bias, width);
     sparse.bias.values.load_into(0, &mut ws.sparse_bias);
-    zeroed(&mut ws.pre[0], n * width);
+    resized(&mut ws.pre[0], n * width);
     let ids = &ws.batch.slots.ids;
+    // With the W rows, the feature bias of each slot, if this batch was normalized ahead.
+    let feat_bias = norm.filter(|_| add_feature_bias).map(|n| &n.feat_bias.values);
+    resized(fb_of_slot, if feat_bias.is_some() { n_slots } else { 0 });
     pool.scope(|s| {
-        let mut rest = &mut ws.row_cache[..];
+        let (mut rest, mut rest_fb) = (&mut ws.row_cache[..], &mut fb_of_slot[..]);
         for i in 0..tasks {
             let slots = share(n_slots, i, tasks);
             let (mine, others) = std::mem::take(&mut rest).split_at_mut(slots.len() * width);
             rest = others;
-            s.spawn(move |_| sparse.load_rows(ids, slots.start, mine));
+            let (my_fb, others_fb) = std::mem::take(&mut rest_fb).split_at_mut(if feat_bias.is_some() { slots.len() } else { 0 });
+            rest_fb = others_fb;
+            s.spawn(move |_| {
+                sparse.load_rows(ids, slots.start, mine);
+                if let Some(fb) = feat_bias {
+                    my_fb.iter_mut().zip(&ids[slots]).for_each(|(b, &id)| *b = fb.get(id as usize));
+                }
+            });
         }
     });
+    if feat_bias.is_some() {
+        let (slot_of, fb_of_slot) = (&ws.batch.nnz_slot, &*fb_of_slot);
+        let nnz = slot_of.len();
+        pool.scope(|s| {
+            let mut rest = &mut ws.batch.nnz_y[..];
+            for i in 0..tasks {
+                let range = share(nnz, i, tasks);
+                let (mine, others) = std::mem::take(&mut rest).split_at_mut(range.len());
+                rest = others;
+                s.spawn(move |_| mine.iter_mut().zip(&slot_of[range]).for_each(|(y, &slot)| *y += fb_of_slot[slot as usize]));
+            }
+        });
+    }
     let (prepared, bias, cache) = (&ws.batch, &ws.sparse_bias, &ws.row_cache);
     pool.scope(|s| {
         let mut rest = &mut ws.pre[0][..];
@@ -243,15 +267,30 @@ fn step_on<P: Idx, I: Idx>(
         });
     }
     // Feature-bias gradient: per non-zero, the blocks' shares in column order.
+    // Each non-zero's sum in parallel, then the sums per slot, in non-zero order.
     zeroed(&mut ws.grad_feat_bias, if with_feat_bias { ws.batch.slots.len() } else { 0 });
     if with_feat_bias {
-        for k in 0..ws.batch.nnz_y.len() {
-            let mut dy = 0.0f32;
-            for part in parts.iter() {
-                let blocks = part.cols.len().div_ceil(COLUMN_BLOCK);
-                dy = part.fb_parts[k * blocks..(k + 1) * blocks].iter().fold(dy, |acc, &v| acc + v);
+        let nnz = ws.batch.nnz_y.len();
+        resized(nnz_dy, nnz);
+        let parts: &[ColumnPart] = parts;
+        pool.scope(|s| {
+            let mut rest = &mut nnz_dy[..];
+            for i in 0..tasks {
+                let range = share(nnz, i, tasks);
+                let (mine, others) = std::mem::take(&mut rest).split_at_mut(range.len());
+                rest = others;
+                s.spawn(move |_| {
+                    for (dy, k) in mine.iter_mut().zip(range) {
+                        *dy = parts.iter().fold(0.0f32, |acc, part| {
+                            let blocks = part.cols.len().div_ceil(COLUMN_BLOCK);
+                            part.fb_parts[k * blocks..(k + 1) * blocks].iter().fold(acc, |acc, &v| acc + v)
+                        });
+                    }
+                });
             }
-            ws.grad_feat_bias[ws.batch.nnz_slot[k] as usize] += dy;
+        });
+        for (&dy, &slot) in nnz_dy.iter().zip(&ws.batch.nnz_slot) {
+            ws.grad_feat_bias[slot as usize] += dy;
         }
     }
     if !(parts.iter().all(|p| p.ok)
