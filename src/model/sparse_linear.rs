@@ -10,7 +10,7 @@ use crate::features::Normalizer;
 use crate::model::workspace::{resized, zeroed, PreparedBatch, Workspace};
 use crate::optim::{OptimizerKind, Param};
 use crate::rng::hash_to_unit;
-use crate::train::shared::{load, prefetch_slice};
+use crate::train::shared::{load, prefetch_slice, rows_ahead};
 use crate::train::SharedF32;
 
 /// Columns per block of the feature-bias gradient in column-partitioned training; threads own
@@ -81,7 +81,7 @@ impl SparseLinear {
     ) {
         // The batch's ids in order, so the loop below can prefetch the normalization state of
         // the id PREFETCH_DISTANCE non-zeros ahead (random entries of large arrays).
-        const PREFETCH_DISTANCE: usize = 12;
+        const PREFETCH_DISTANCE: usize = 64;
         // Rows ROW_AHEAD ahead have their ids and values prefetched, twice that ahead their
         // row pointer: the rows of a shuffled batch are scattered over the whole matrix.
         const ROW_AHEAD: usize = 4;
@@ -147,11 +147,11 @@ impl SparseLinear {
     /// Loads the W rows of slots `first_slot..` into `cache` (whole rows, `cache.len() / width`
     /// of them), prefetching a few rows ahead.
     pub fn load_rows(&self, ids: &[u64], first_slot: usize, cache: &mut [f32]) {
-        const AHEAD: usize = 8;
         let width = self.width;
+        let ahead_rows = rows_ahead(width);
         let ids = &ids[first_slot..first_slot + cache.len() / width];
         for (s, (&id, row)) in ids.iter().zip(cache.chunks_exact_mut(width)).enumerate() {
-            if let Some(&ahead) = ids.get(s + AHEAD) {
+            if let Some(&ahead) = ids.get(s + ahead_rows) {
                 self.weight.values.prefetch(ahead as usize * width, width);
             }
             self.weight.values.load_into(id as usize * width, row);

@@ -3,6 +3,8 @@
 //! `lr_t = lr sqrt(1 - beta2^t) / (1 - beta1^t)`, `m = b1 m + (1-b1) g`, `v = b2 v + (1-b2) g^2`,
 //! `w -= lr_t m / (sqrt(v) + eps)`.
 
+use super::non_finite_bit;
+
 pub const BETA1: f32 = 0.9;
 pub const BETA2: f32 = 0.999;
 pub const EPSILON: f32 = 1e-8;
@@ -18,12 +20,16 @@ pub fn corrected_rate(lr: f32, t: u64) -> f32 {
     (lr as f64 * (1.0 - b2t).sqrt() / (1.0 - b1t)) as f32
 }
 
+/// Returns whether every updated value is finite.
 #[inline]
-pub fn update(w: &mut [f32], m: &mut [f32], v: &mut [f32], grads: &[f32], lr_t: f32, l2: f32) {
+pub fn update(w: &mut [f32], m: &mut [f32], v: &mut [f32], grads: &[f32], lr_t: f32, l2: f32) -> bool {
+    let mut bad = 0;
     for (((wv, mv), vv), &g) in w.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(grads) {
         let g = g + l2 * *wv;
         *mv = BETA1 * *mv + ONE_MINUS_BETA1 * g;
         *vv = BETA2 * *vv + ONE_MINUS_BETA2 * g * g;
         *wv -= lr_t * *mv / (vv.sqrt() + EPSILON);
+        bad |= non_finite_bit(*wv) | non_finite_bit(*mv) | non_finite_bit(*vv);
     }
+    bad == 0
 }

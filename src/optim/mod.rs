@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 use crate::invalid;
+use crate::train::shared::rows_ahead;
 use crate::train::SharedF32;
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
@@ -173,8 +174,9 @@ impl Step {
             return self.apply_scalar_rows(param, key, rows, grads, undo);
         }
         let mut scratch = Scratch::default();
+        let ahead_rows = rows_ahead(width);
         let ok = rows.iter().enumerate().all(|(k, &row)| {
-            if let Some(&ahead) = rows.get(k + ROWS_AHEAD) {
+            if let Some(&ahead) = rows.get(k + ahead_rows) {
                 param.prefetch(ahead as usize * stride + col_start, width);
             }
             let start = row as usize * stride + col_start;
@@ -196,8 +198,9 @@ impl Step {
         undo: &mut UndoLog,
     ) -> bool {
         let mut scratch = Scratch::default();
+        let ahead_rows = rows_ahead(stride);
         let ok = rows.iter().enumerate().all(|(k, &row)| {
-            if let Some(&ahead) = rows.get(k + ROWS_AHEAD) {
+            if let Some(&ahead) = rows.get(k + ahead_rows) {
                 param.prefetch(ahead as usize * stride, stride);
             }
             parts.clone().all(|part| {
@@ -213,19 +216,17 @@ impl Step {
     /// `apply_rows` for rows of one element (the logistic regression's weights, feature biases):
     /// the same update element by element, without the chunk machinery a wide row needs.
     fn apply_scalar_rows(&self, param: &Param, key: u32, rows: &[u64], grads: &[f32], undo: &mut UndoLog) -> bool {
-        // One line per row: more rows in flight than for wide rows.
-        const AHEAD: usize = 16;
+        let ahead_rows = rows_ahead(1);
         let n_slots = param.slots.len();
         let slot = |k: usize, i: usize| param.slots.get(k).map_or(0.0, |s| s.get(i));
         let ok = rows.iter().zip(grads.chunks_exact(1)).enumerate().all(|(k, (&row, g))| {
-            if let Some(&ahead) = rows.get(k + AHEAD) {
+            if let Some(&ahead) = rows.get(k + ahead_rows) {
                 param.prefetch(ahead as usize, 1);
             }
             let i = row as usize;
             let (mut w, mut s0, mut s1) = ([param.values.get(i)], [slot(0, i)], [slot(1, i)]);
             undo.record(key, i, [&w[..], &s0[..], &s1[..]].into_iter().take(1 + n_slots));
-            self.rule(param, &mut w, &mut s0, &mut s1, g);
-            if !(w[0].is_finite() && s0[0].is_finite() && s1[0].is_finite()) {
+            if !self.rule(param, &mut w, &mut s0, &mut s1, g) {
                 return false;
             }
             param.values.set(i, w[0]);
@@ -238,9 +239,10 @@ impl Step {
         ok
     }
 
-    /// The optimizer's update rule on plain copies of a run of `param` (`w`) and its slots.
+    /// The optimizer's update rule on plain copies of a run of `param` (`w`) and its slots;
+    /// whether every updated value is finite.
     #[inline(always)]
-    fn rule(&self, param: &Param, w: &mut [f32], s0: &mut [f32], s1: &mut [f32], g: &[f32]) {
+    fn rule(&self, param: &Param, w: &mut [f32], s0: &mut [f32], s1: &mut [f32], g: &[f32]) -> bool {
         let (l1, l2) = if param.regularized { (self.l1, self.l2) } else { (0.0, 0.0) };
         match self.kind {
             OptimizerKind::Sgd => sgd::update(w, g, self.learning_rate, l2),
@@ -265,8 +267,7 @@ impl Step {
                 slot.load_into(start, buf);
             }
             undo.record(key, start, [&*w, &*s0, &*s1].into_iter().take(1 + n_slots));
-            self.rule(param, w, s0, s1, g);
-            if !(all_finite(w) && (n_slots < 1 || all_finite(s0)) && (n_slots < 2 || all_finite(s1))) {
+            if !self.rule(param, w, s0, s1, g) {
                 return false;
             }
             param.values.store_from(start, w);
@@ -279,11 +280,18 @@ impl Step {
 }
 
 /// Whether no element is infinite or NaN, in integer operations that vectorize (a float
-/// compare-and-branch per element would cost as much as the update itself): an exponent of all
-/// ones plus one exponent step carries into the sign bit.
+/// compare-and-branch per element would cost as much as the update itself).
 #[inline(always)]
 pub(crate) fn all_finite(v: &[f32]) -> bool {
-    v.iter().fold(0u32, |acc, x| acc | (x.to_bits() & 0x7f80_0000).wrapping_add(0x0080_0000)) & 0x8000_0000 == 0
+    v.iter().fold(0, |acc, &x| acc | non_finite_bit(x)) == 0
+}
+
+/// Non-zero (the sign bit) exactly when `x` is infinite or NaN: an exponent of all ones plus one
+/// exponent step carries into the sign bit. OR-ed over a run, it checks the run with integer
+/// operations that vectorize, inside the update loops themselves.
+#[inline(always)]
+pub(crate) fn non_finite_bit(x: f32) -> u32 {
+    (x.to_bits() & 0x7f80_0000).wrapping_add(0x0080_0000) & 0x8000_0000
 }
 
 /// Columns `cols` of the gradients of a list of rows (rows x `cols.len()`).
@@ -295,9 +303,6 @@ pub struct GradPart<'g> {
 
 /// Elements per chunk of an optimizer update (stack arrays of this size).
 const CHUNK: usize = 64;
-
-/// How many rows ahead an update prefetches its rows (scattered over a large table).
-const ROWS_AHEAD: usize = 12;
 
 /// Stack copies of one chunk of weights and optimizer slots.
 struct Scratch {
