@@ -12,6 +12,7 @@ use sparselin::model::sparse_linear::Prepare;
 use sparselin::model::workspace::{PreparedBatch, Workspace};
 use sparselin::model::{Head, Model, ModelConfig};
 use sparselin::optim::{OptimizerConfig, OptimizerKind, UndoLog};
+use sparselin::train::shared::{prefetch_slice, rows_ahead};
 
 const N_FEATURES: usize = 1 << 20;
 const WIDTH: usize = 50;
@@ -143,7 +144,13 @@ fn kernels(c: &mut Criterion) {
     g.bench_function("roofline: plain adam row update", |b| {
         b.iter(|| {
             k = (k + 1) % BATCHES;
-            for (s, &id) in prepared[k].slots.ids.iter().enumerate() {
+            let ids = &prepared[k].slots.ids;
+            for (s, &id) in ids.iter().enumerate() {
+                // Prefetched as far ahead as the model's update does.
+                if let Some(&ahead) = ids.get(s + rows_ahead(WIDTH)) {
+                    let r = ahead as usize * WIDTH..(ahead as usize + 1) * WIDTH;
+                    [&w[r.clone()], &m[r.clone()], &v[r]].into_iter().for_each(|row| prefetch_slice(row));
+                }
                 let r = id as usize * WIDTH..(id as usize + 1) * WIDTH;
                 let g = &grads[s * WIDTH..(s + 1) * WIDTH];
                 for (((w, m), v), &g) in w[r.clone()].iter_mut().zip(&mut m[r.clone()]).zip(&mut v[r]).zip(g) {

@@ -328,9 +328,10 @@ def roofline(data, batch, rate, threads):
     """Two bounds for the reference MLP with Lazy Adam at one thread. Bandwidth: the bytes of
     weights and optimizer state it touches per sample (W, m, v of each distinct row of a batch,
     read and written; max_abs, feature bias and its m, v of each non-zero) over the measured copy
-    bandwidth. Random rows: the rate of plain Adam row updates (no atomics, checks or undo log) on
-    the batches' own distinct rows of a 2^20 x 50 table, over the distinct rows per sample; the
-    update alone, before any forward or backward work."""
+    bandwidth. Random rows: the rate of plain Adam row updates (no atomics, checks or undo log;
+    rows prefetched ahead as the model's update does) on the batches' own distinct rows of a
+    2^20 x 50 table, over the distinct rows per sample; the update alone, before any forward or
+    backward work."""
     from . import _core
     X = data.X[:20 * batch]
     ids = [np.unique(X[s:s + batch].indices).astype(np.uint64).tolist() for s in range(0, X.shape[0], batch)]
