@@ -108,6 +108,9 @@ fn kernels(c: &mut Criterion) {
             for (h_row, &end) in h.chunks_exact_mut(WIDTH).zip(&p.row_end) {
                 h_row.fill(0.0);
                 for j in start..end {
+                    if let Some(&ahead) = p.nnz_ids.get(j + rows_ahead(WIDTH)) {
+                        prefetch_slice(&plain_w[ahead as usize * WIDTH..(ahead as usize + 1) * WIDTH]);
+                    }
                     let id = p.nnz_ids[j] as usize;
                     let y = p.nnz_y[j];
                     for (hv, &w) in h_row.iter_mut().zip(&plain_w[id * WIDTH..(id + 1) * WIDTH]) {
@@ -164,7 +167,11 @@ fn kernels(c: &mut Criterion) {
     g.bench_function("roofline: plain sgd row update", |b| {
         b.iter(|| {
             k = (k + 1) % BATCHES;
-            for (s, &id) in prepared[k].slots.ids.iter().enumerate() {
+            let ids = &prepared[k].slots.ids;
+            for (s, &id) in ids.iter().enumerate() {
+                if let Some(&ahead) = ids.get(s + rows_ahead(WIDTH)) {
+                    prefetch_slice(&w[ahead as usize * WIDTH..(ahead as usize + 1) * WIDTH]);
+                }
                 let r = id as usize * WIDTH..(id as usize + 1) * WIDTH;
                 for (w, &g) in w[r].iter_mut().zip(&grads[s * WIDTH..(s + 1) * WIDTH]) {
                     *w -= 0.01 * g;
