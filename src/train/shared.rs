@@ -241,33 +241,17 @@ pub fn store(a: &AtomicU32, value: f32) {
     a.store(value.to_bits(), Relaxed)
 }
 
-/// Relaxed loads of `src` into `out`, four elements per instruction on x86-64.
-///
-/// The compiler never vectorizes atomic loads, and a 50-wide row loaded element by element costs
-/// more than the Adam math on it. So runs of four go through one `movups` in inline assembly.
-/// This is not a data race: the assembly is opaque to the compiler, and the CPU performs a
-/// 16-byte SSE access as accesses of at least the naturally aligned doublewords it covers (Intel
-/// SDM vol. 3A, 9.1.1: an aligned doubleword access is atomic; larger SSE accesses may be split
-/// into several accesses, never inside an aligned doubleword; an element never straddles a cache
-/// line). Each element is therefore read exactly as a relaxed `AtomicU32` load would read it: a
-/// whole value some store wrote. Hogwild writers only ever store whole elements.
+/// Relaxed loads of `src` into `out`, four elements per instruction on x86-64 (`load4`).
 #[inline(always)]
 fn load_run(src: &[AtomicU32], out: &mut [f32]) {
     debug_assert_eq!(src.len(), out.len());
     #[cfg(target_arch = "x86_64")]
     {
-        use std::arch::x86_64::{__m128, _mm_storeu_ps};
+        use std::arch::x86_64::_mm_storeu_ps;
         let (mut from, mut to) = (src.chunks_exact(4), out.chunks_exact_mut(4));
         for (a, o) in (&mut from).zip(&mut to) {
-            let v: __m128;
-            // SAFETY: `a` is 4 live, contiguous AtomicU32 (16 readable bytes); the load is
-            // element-wise atomic (see above), writes only the output register, and touches no
-            // stack or flags. `o` is 4 writable f32 (an unaligned store is allowed).
-            unsafe {
-                std::arch::asm!("movups {v}, [{p}]", p = in(reg) a.as_ptr(), v = out(xmm_reg) v,
-                    options(nostack, preserves_flags, readonly));
-                _mm_storeu_ps(o.as_mut_ptr(), v);
-            }
+            // SAFETY: `o` is 4 writable f32 (an unaligned store is allowed).
+            unsafe { _mm_storeu_ps(o.as_mut_ptr(), load4(a)) };
         }
         for (a, o) in from.remainder().iter().zip(to.into_remainder()) {
             *o = load(a);
@@ -279,9 +263,7 @@ fn load_run(src: &[AtomicU32], out: &mut [f32]) {
     }
 }
 
-/// Relaxed stores of `values` into `dst`, four elements per instruction on x86-64 (the
-/// counterpart of `load_run`, with the same argument: each element is stored whole, as a relaxed
-/// `AtomicU32` store would).
+/// Relaxed stores of `values` into `dst`, four elements per instruction on x86-64 (`store4`).
 #[inline(always)]
 fn store_run(dst: &[AtomicU32], values: &[f32]) {
     debug_assert_eq!(dst.len(), values.len());
@@ -290,14 +272,8 @@ fn store_run(dst: &[AtomicU32], values: &[f32]) {
         use std::arch::x86_64::_mm_loadu_ps;
         let (mut to, mut from) = (dst.chunks_exact(4), values.chunks_exact(4));
         for (a, v) in (&mut to).zip(&mut from) {
-            // SAFETY: `v` is 4 readable f32; `a` is 4 live, contiguous AtomicU32 (16 writable
-            // bytes, interior-mutable, so writing through a shared reference is allowed); the
-            // store is element-wise atomic (see `load_run`) and touches no stack or flags.
-            unsafe {
-                let x = _mm_loadu_ps(v.as_ptr());
-                std::arch::asm!("movups [{p}], {x}", p = in(reg) a.as_ptr(), x = in(xmm_reg) x,
-                    options(nostack, preserves_flags));
-            }
+            // SAFETY: `v` is 4 readable f32.
+            store4(a, unsafe { _mm_loadu_ps(v.as_ptr()) });
         }
         for (a, &v) in to.remainder().iter().zip(from.remainder()) {
             store(a, v);
@@ -306,6 +282,44 @@ fn store_run(dst: &[AtomicU32], values: &[f32]) {
     #[cfg(not(target_arch = "x86_64"))]
     for (a, &v) in dst.iter().zip(values) {
         store(a, v);
+    }
+}
+
+/// Relaxed loads of the first four elements of `a` in one `movups`.
+///
+/// The compiler never vectorizes atomic loads, and a 50-wide row loaded element by element costs
+/// more than the Adam math on it, hence inline assembly. This is not a data race: the assembly is
+/// opaque to the compiler, and the CPU performs a 16-byte SSE access as accesses of at least the
+/// naturally aligned doublewords it covers (Intel SDM vol. 3A, 9.1.1: an aligned doubleword
+/// access is atomic; larger SSE accesses may be split into several accesses, never inside an
+/// aligned doubleword; an element never straddles a cache line). Each element is therefore read
+/// exactly as a relaxed `AtomicU32` load would read it: a whole value some store wrote. Hogwild
+/// writers only ever store whole elements.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub fn load4(a: &[AtomicU32]) -> std::arch::x86_64::__m128 {
+    assert!(a.len() >= 4);
+    let v: std::arch::x86_64::__m128;
+    // SAFETY: `a` holds at least 4 live, contiguous AtomicU32 (16 readable bytes); the load is
+    // element-wise atomic (see above), writes only the output register, touches no stack or flags.
+    unsafe {
+        std::arch::asm!("movups {v}, [{p}]", p = in(reg) a.as_ptr(), v = out(xmm_reg) v, options(nostack, preserves_flags, readonly));
+    }
+    v
+}
+
+/// Relaxed stores of the four lanes of `x` into the first four elements of `a` in one `movups`
+/// (the counterpart of `load4`, with the same argument: each element is stored whole, as a
+/// relaxed `AtomicU32` store would).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub fn store4(a: &[AtomicU32], x: std::arch::x86_64::__m128) {
+    assert!(a.len() >= 4);
+    // SAFETY: `a` holds at least 4 live, contiguous AtomicU32 (16 writable bytes, interior-mutable,
+    // so writing through a shared reference is allowed); the store is element-wise atomic (see
+    // `load4`) and touches no stack or flags.
+    unsafe {
+        std::arch::asm!("movups [{p}], {x}", p = in(reg) a.as_ptr(), x = in(xmm_reg) x, options(nostack, preserves_flags));
     }
 }
 
