@@ -1,8 +1,6 @@
 //! Per-thread scratch memory for one batch: reused across batches so the hot loop allocates
 //! nothing once buffers have grown to the largest batch seen.
 
-use crate::rng::mix64;
-
 /// Maps the feature ids of a batch to dense slots 0..n_unique (insertion order), so gradients
 /// of a hot feature that appears in most rows are summed into one row and the optimizer touches
 /// each row once. Open addressing with linear probing over cells holding both key and slot (one
@@ -11,6 +9,8 @@ use crate::rng::mix64;
 /// 512-row batch's table stays within the L2 cache. Cleared by visiting only the used cells.
 pub struct RowSlots {
     cells: Vec<Cell>,
+    /// 64 - log2(cells.len()).
+    shift: u32,
     used_cells: Vec<usize>,
     /// Feature id of each slot.
     pub ids: Vec<u64>,
@@ -30,7 +30,7 @@ const MIN_CELLS: usize = 64;
 
 impl Default for RowSlots {
     fn default() -> Self {
-        Self { cells: vec![EMPTY; MIN_CELLS], used_cells: Vec::new(), ids: Vec::new() }
+        Self { cells: vec![EMPTY; MIN_CELLS], shift: 64 - MIN_CELLS.trailing_zeros(), used_cells: Vec::new(), ids: Vec::new() }
     }
 }
 
@@ -44,9 +44,11 @@ impl RowSlots {
         self.ids.clear();
     }
 
+    /// Fibonacci hashing: one multiply, the top bits. Feature ids are spread (hashed) or dense
+    /// small numbers, and the golden-ratio multiple scatters runs of consecutive ids evenly.
     #[inline(always)]
     fn home(&self, id: u64) -> usize {
-        (mix64(id) as usize) & (self.cells.len() - 1)
+        (id.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> self.shift) as usize
     }
 
     /// Hints the CPU to bring the cell where a lookup of `id` starts into cache.
@@ -84,6 +86,7 @@ impl RowSlots {
     #[cold]
     fn grow(&mut self) {
         self.cells = vec![EMPTY; 2 * self.cells.len()];
+        self.shift -= 1;
         self.used_cells.clear();
         let mask = self.cells.len() - 1;
         for (s, &id) in self.ids.iter().enumerate() {
@@ -189,6 +192,14 @@ mod tests {
         }
         for i in (0..10_000u64).rev() {
             assert_eq!(s.slot_of(i * 7919), (i as u32, false));
+        }
+        // Ids sharing their low bits (multiples of large powers of two) still get their own slots.
+        for shift in [20, 32, 40] {
+            s.reset();
+            for i in 0..3000u64 {
+                assert_eq!(s.slot_of(i << shift), (i as u32, true));
+            }
+            assert!((0..3000u64).all(|i| s.slot_of(i << shift) == (i as u32, false)));
         }
         s.reset();
         assert!(s.is_empty());
