@@ -252,9 +252,11 @@ impl Step {
         }
     }
 
-    /// Updates `[start, start + grads.len())` of `param`: each chunk is loaded from the shared
-    /// buffers into stack arrays, updated with vectorizable plain math and stored back, its old
-    /// values logged first. Returns false, storing nothing, if the chunk would become non-finite.
+    /// Updates `[start, start + grads.len())` of `param`, its old values logged first: Lazy Adam
+    /// four elements at a time in registers (`lazy_adam::update_shared`), the other rules chunk
+    /// by chunk, loaded from the shared buffers into stack arrays, updated with vectorizable plain
+    /// math and stored back. Returns false as soon as a chunk (a group of four, for Lazy Adam)
+    /// would become non-finite, storing nothing of it.
     #[inline(always)]
     fn update_run(&self, param: &Param, key: u32, start: usize, grads: &[f32], scratch: &mut Scratch, undo: &mut UndoLog) -> bool {
         #[cfg(target_arch = "x86_64")]
