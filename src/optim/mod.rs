@@ -442,7 +442,8 @@ impl UndoLog {
         // written with non-temporal stores too: a plain store into a line being written
         // non-temporally flushes the write-combining buffer (that made the update 25% slower).
         self.values.reserve(len * parts + 3);
-        let pad = self.values.as_ptr_range().end.align_offset(16).min(3);
+        // The end is 4-byte aligned (f32), so 0 to 3 floats reach a 16-byte boundary.
+        let pad = (16 - self.values.as_ptr_range().end as usize % 16) % 16 / 4;
         let spare = self.values.spare_capacity_mut();
         let mut log = GroupLog { out: spare[..pad + len * parts].as_mut_ptr() as *mut f32, parts, logged: 0 };
         (0..pad).for_each(|_| log.float(0.0));
