@@ -70,7 +70,8 @@ impl SparseLinear {
 
     /// The first half of the forward pass: each non-zero's input y (normalized in batch order,
     /// max_abs updated) and slot, with the id of every slot. `Prepare::Ahead` leaves the feature
-    /// bias out of y (it may still change before the batch's turn; it is added then) and logs every max_abs it raises in `batch.raised`.
+    /// bias out of y (it may still change before the batch's turn; it is added then) and logs
+    /// every max_abs it raises in `batch.raised`.
     pub fn prepare<P: Idx, I: Idx>(
         &self,
         x: &CsrView<'_, P, I>,

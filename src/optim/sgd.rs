@@ -1,8 +1,8 @@
 //! Plain SGD: `w -= lr * (g + l2 w)`.
 
-/// Returns whether every updated value is finite.
 use super::non_finite_bit;
 
+/// Returns whether every updated value is finite.
 #[inline]
 pub fn update(w: &mut [f32], grads: &[f32], lr: f32, l2: f32) -> bool {
     let mut bad = 0;

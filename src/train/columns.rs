@@ -62,6 +62,22 @@ pub(crate) fn share(n: usize, i: usize, parts: usize) -> Range<usize> {
     n * i / parts..n * (i + 1) / parts
 }
 
+/// Calls `f(first, chunk)` on the pool for `tasks` near-equal shares (`share`) of the elements of
+/// `buf`, `unit` values each; `first` is the share's first element.
+fn for_each_share<T: Send>(pool: &ThreadPool, buf: &mut [T], unit: usize, tasks: usize, f: impl Fn(usize, &mut [T]) + Sync) {
+    let n = buf.len() / unit;
+    let f = &f;
+    pool.scope(|s| {
+        let mut rest = buf;
+        for i in 0..tasks {
+            let range = share(n, i, tasks);
+            let (mine, others) = std::mem::take(&mut rest).split_at_mut(range.len() * unit);
+            rest = others;
+            s.spawn(move |_| f(range.start, mine));
+        }
+    });
+}
+
 /// Column-partitioned training of one model through one pass over batches, in order.
 pub struct ColumnTrainer<'m> {
     model: &'m Model,
@@ -195,48 +211,21 @@ fn step_on<P: Idx, I: Idx>(
     sparse.bias.values.load_into(0, &mut ws.sparse_bias);
     resized(&mut ws.pre[0], n * width);
     let ids = &ws.batch.slots.ids;
-    // With the W rows, the feature bias of each slot, if this batch was normalized ahead.
+    // A batch normalized ahead gets its feature biases now: gathered per slot, added per input.
     let feat_bias = norm.filter(|_| add_feature_bias).map(|n| &n.feat_bias.values);
     resized(fb_of_slot, if feat_bias.is_some() { n_slots } else { 0 });
-    pool.scope(|s| {
-        let (mut rest, mut rest_fb) = (&mut ws.row_cache[..], &mut fb_of_slot[..]);
-        for i in 0..tasks {
-            let slots = share(n_slots, i, tasks);
-            let (mine, others) = std::mem::take(&mut rest).split_at_mut(slots.len() * width);
-            rest = others;
-            let (my_fb, others_fb) = std::mem::take(&mut rest_fb).split_at_mut(if feat_bias.is_some() { slots.len() } else { 0 });
-            rest_fb = others_fb;
-            s.spawn(move |_| {
-                sparse.load_rows(ids, slots.start, mine);
-                if let Some(fb) = feat_bias {
-                    my_fb.iter_mut().zip(&ids[slots]).for_each(|(b, &id)| *b = fb.get(id as usize));
-                }
-            });
-        }
-    });
-    if feat_bias.is_some() {
+    for_each_share(pool, &mut ws.row_cache, width, tasks, |first, rows| sparse.load_rows(ids, first, rows));
+    if let Some(fb) = feat_bias {
+        for_each_share(pool, fb_of_slot, 1, tasks, |first, out| {
+            out.iter_mut().zip(&ids[first..]).for_each(|(b, &id)| *b = fb.get(id as usize));
+        });
         let (slot_of, fb_of_slot) = (&ws.batch.nnz_slot, &*fb_of_slot);
-        let nnz = slot_of.len();
-        pool.scope(|s| {
-            let mut rest = &mut ws.batch.nnz_y[..];
-            for i in 0..tasks {
-                let range = share(nnz, i, tasks);
-                let (mine, others) = std::mem::take(&mut rest).split_at_mut(range.len());
-                rest = others;
-                s.spawn(move |_| mine.iter_mut().zip(&slot_of[range]).for_each(|(y, &slot)| *y += fb_of_slot[slot as usize]));
-            }
+        for_each_share(pool, &mut ws.batch.nnz_y, 1, tasks, |first, ys| {
+            ys.iter_mut().zip(&slot_of[first..]).for_each(|(y, &slot)| *y += fb_of_slot[slot as usize]);
         });
     }
     let (prepared, bias, cache) = (&ws.batch, &ws.sparse_bias, &ws.row_cache);
-    pool.scope(|s| {
-        let mut rest = &mut ws.pre[0][..];
-        for i in 0..tasks {
-            let rows = share(n, i, tasks);
-            let (mine, others) = std::mem::take(&mut rest).split_at_mut(rows.len() * width);
-            rest = others;
-            s.spawn(move |_| sparse.sum_rows(prepared, bias, cache, rows.start, mine));
-        }
-    });
+    for_each_share(pool, &mut ws.pre[0], width, tasks, |first, h| sparse.sum_rows(prepared, bias, cache, first, h));
 
     let mean_loss = dense_and_loss(model, batch, ws, chunks, pool).map_err(|e| match e {
         Error::Diverged(why) => Error::Diverged(format!("{why}; the previous update was undone")),
@@ -273,19 +262,11 @@ fn step_on<P: Idx, I: Idx>(
         let nnz = ws.batch.nnz_y.len();
         resized(nnz_dy, nnz);
         let parts: &[ColumnPart] = parts;
-        pool.scope(|s| {
-            let mut rest = &mut nnz_dy[..];
-            for i in 0..tasks {
-                let range = share(nnz, i, tasks);
-                let (mine, others) = std::mem::take(&mut rest).split_at_mut(range.len());
-                rest = others;
-                s.spawn(move |_| {
-                    for (dy, k) in mine.iter_mut().zip(range) {
-                        *dy = parts.iter().fold(0.0f32, |acc, part| {
-                            let blocks = part.cols.len().div_ceil(COLUMN_BLOCK);
-                            part.fb_parts[k * blocks..(k + 1) * blocks].iter().fold(acc, |acc, &v| acc + v)
-                        });
-                    }
+        for_each_share(pool, nnz_dy, 1, tasks, |first, dys| {
+            for (dy, k) in dys.iter_mut().zip(first..) {
+                *dy = parts.iter().fold(0.0f32, |acc, part| {
+                    let blocks = part.cols.len().div_ceil(COLUMN_BLOCK);
+                    part.fb_parts[k * blocks..(k + 1) * blocks].iter().fold(acc, |acc, &v| acc + v)
                 });
             }
         });
