@@ -25,10 +25,16 @@ def quality(y, p):
 
 
 def run_sparselin(model, batch, X, y, Xt, yt):
+    """Returns (rate of the whole fit call, rate of its training loop, quality): a device fit
+    uploads the model's tables at its start and downloads them at its end (transfer_seconds),
+    which PyTorch's loop below, with its model already on the card, does not pay."""
     kw = dict(n_features=N_FEATURES, batch_size=batch, device="cuda", random_state=0)
     est = sl.SparseLogisticRegression(**kw) if model == "LR" else sl.SparseMLPClassifier(**kw)
-    est.fit(X, y)
-    return X.shape[0] / est.history_[-1]["seconds"], quality(yt, est.predict_proba(Xt)[:, 1])
+    est.fit(X[:4 * batch], y[:4 * batch])  # builds the model; the kernels are compiled by then
+    r = est._model.fit(X.indptr, X.indices, X.data.astype(np.float32), N_FEATURES, y.astype(np.float32), None, 1, batch,
+                       0, True, None, None, False, "hogwild", "cuda")
+    rows = X.shape[0]
+    return rows / r["seconds"], rows / (r["seconds"] - r["transfer_seconds"]), quality(yt, est.predict_proba(Xt)[:, 1])
 
 
 def run_torch(model, batch, X, y, Xt, yt, layer):
@@ -94,12 +100,32 @@ def run_torch(model, batch, X, y, Xt, yt, layer):
     return rate, quality(yt, np.concatenate(preds))
 
 
+def profile_sparselin(model, batch, X, y):
+    """GPU time per kernel (and copies) of one sparselin epoch, read by PyTorch's profiler (CUPTI
+    sees every kernel of the process, ours too): says whether the device or the host bounds a rate."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    kw = dict(n_features=N_FEATURES, batch_size=batch, device="cuda", random_state=0)
+    est = sl.SparseLogisticRegression(**kw) if model == "LR" else sl.SparseMLPClassifier(**kw)
+    est.fit(X[:4 * batch], y[:4 * batch])
+    with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+        r = est._model.fit(X.indptr, X.indices, X.data.astype(np.float32), N_FEATURES, y.astype(np.float32), None, 1,
+                           batch, 0, True, None, None, False, "hogwild", "cuda")
+    loop = r["seconds"] - r["transfer_seconds"]
+    print(f"\n{model} batch {batch}: {X.shape[0]:,} rows, fit {r['seconds']:.3f} s, of which model transfers "
+          f"{r['transfer_seconds']:.3f} s; training loop {loop:.3f} s = {X.shape[0] / loop:,.0f} rows/s, of which "
+          f"{r['waiting']:.3f} s waiting for host threads to build batches")
+    print(prof.key_averages().table(sort_by="self_device_time_total", row_limit=18, max_name_column_width=40))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=200_000)
     ap.add_argument("--test-rows", type=int, default=50_000)
     ap.add_argument("--batches", default="256,512,1024")
     ap.add_argument("--skip-sparse-mm", action="store_true")
+    ap.add_argument("--profile", action="store_true", help="then a per-kernel GPU time profile of sparselin")
     args = ap.parse_args()
     import torch
 
@@ -120,17 +146,36 @@ def main():
     print("| model | system | " + " | ".join(f"batch {b}" for b in batches) + " | test AUC (largest batch) |")
     print("|---|---|" + "---:|" * len(batches) + "---:|")
     for model in ("LR", "MLP"):
-        systems = [("sparselin cuda", lambda b: run_sparselin(model, b, X, y, Xt, yt)),
-                   ("PyTorch EmbeddingBag + SparseAdam", lambda b: run_torch(model, b, Xs, y, Xts, yt, "embedding_bag"))]
+        systems = [("sparselin cuda", lambda b, X=X, y=y, Xt=Xt, yt=yt: run_sparselin(model, b, X, y, Xt, yt)),
+                   ("PyTorch EmbeddingBag + SparseAdam", lambda b, X=Xs, y=y, Xt=Xts, yt=yt: run_torch(model, b, X, y, Xt, yt, "embedding_bag"))]
         if not args.skip_sparse_mm:
-            systems.append(("PyTorch torch.sparse.mm + Adam", lambda b: run_torch(model, b, Xs, y, Xts, yt, "sparse_mm")))
+            systems.append(("PyTorch torch.sparse.mm + Adam", lambda b, X=Xs, y=y, Xt=Xts, yt=yt: run_torch(model, b, X, y, Xt, yt, "sparse_mm")))
         for name, run in systems:
-            cells, auc = [], float("nan")
-            for b in batches:
-                rate, (_, auc) = run(b)
-                cells.append(f"{rate:,.0f}")
+            cells, loop_cells, auc = [], [], float("nan")
+            try:
+                # warm-up on a slice (library start-up, kernel compilation, allocator pools)
+                torch_input = "PyTorch" in name
+                run(batches[0], X=(Xs if torch_input else X)[:20_000], y=y[:20_000], Xt=(Xts if torch_input else Xt)[:2000],
+                    yt=yt[:2000])
+                for b in batches:
+                    result = run(b)
+                    auc = result[-1][1]
+                    cells.append(f"{result[0]:,.0f}")
+                    if len(result) == 3:
+                        loop_cells.append(f"{result[1]:,.0f}")
+            except Exception as e:  # noqa: BLE001 - one failing system must not hide the others
+                print(f"{model} {name}: failed: {type(e).__name__}: {e}", flush=True)
+                continue
             print(f"| {model} | {name} | " + " | ".join(cells) + f" | {auc:.4f} |", flush=True)
-
+            if loop_cells:
+                print(f"| {model} | {name} (training loop, without the model's upload/download) | "
+                      + " | ".join(loop_cells) + " | |", flush=True)
+    if args.profile:
+        for model in ("LR", "MLP"):
+            try:
+                profile_sparselin(model, batches[-1], X[:100_000], y[:100_000])
+            except Exception as e:  # noqa: BLE001
+                print(f"profile {model}: failed: {type(e).__name__}: {e}")
 
 if __name__ == "__main__":
     main()

@@ -8,8 +8,9 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 use sparselin::data::synthetic::{make_ctr, CtrSpec};
 use sparselin::data::{CsrView, Task};
+use sparselin::gpu::batch::HostBatch;
 use sparselin::model::sparse_linear::Prepare;
-use sparselin::model::workspace::{PreparedBatch, Workspace};
+use sparselin::model::workspace::{PreparedBatch, RowSlots, Workspace};
 use sparselin::model::{Head, Model, ModelConfig};
 use sparselin::optim::{OptimizerConfig, OptimizerKind, UndoLog};
 use sparselin::train::shared::{prefetch_slice, rows_ahead};
@@ -63,6 +64,15 @@ fn kernels(c: &mut Criterion) {
         b.iter(|| {
             k = (k + 1) % BATCHES;
             adam.sparse.prepare(&x, &rows[k], adam.norm.as_ref(), Prepare::Now, &mut scratch);
+        })
+    });
+    let mut host = HostBatch::default();
+    let mut slots = RowSlots::default();
+    let targets = vec![0.0f32; BATCH * BATCHES];
+    g.bench_function("GPU host batch with transpose (HostBatch::build)", |b| {
+        b.iter(|| {
+            k = (k + 1) % BATCHES;
+            host.build(&x, &rows[k], &targets, None, &mut slots);
         })
     });
     let mut ws: Workspace = adam.workspace();
@@ -152,7 +162,7 @@ fn kernels(c: &mut Criterion) {
                 // Prefetched as far ahead as the model's update does.
                 if let Some(&ahead) = ids.get(s + rows_ahead(WIDTH)) {
                     let r = ahead as usize * WIDTH..(ahead as usize + 1) * WIDTH;
-                    [&w[r.clone()], &m[r.clone()], &v[r]].into_iter().for_each(|row| prefetch_slice(row));
+                    [&w[r.clone()], &m[r.clone()], &v[r]].into_iter().for_each(prefetch_slice);
                 }
                 let r = id as usize * WIDTH..(id as usize + 1) * WIDTH;
                 let g = &grads[s * WIDTH..(s + 1) * WIDTH];

@@ -98,8 +98,7 @@ fn model_config_json(
 
 /// A config from `model_config_json` or `SparseModel.config_json`.
 pub fn parse_config(json: &str) -> PyResult<ModelConfig> {
-    let config: ModelConfig =
-        serde_json::from_str(json).map_err(|e| to_py(crate::invalid!("invalid model config JSON: {e}")))?;
+    let config: ModelConfig = serde_json::from_str(json).map_err(|e| to_py(crate::invalid!("invalid model config JSON: {e}")))?;
     config.validate().map_err(to_py)?;
     Ok(config)
 }
@@ -202,6 +201,8 @@ impl PySparseModel {
         d.set_item("batches", report.batches)?;
         d.set_item("samples", report.samples)?;
         d.set_item("seconds", report.seconds)?;
+        d.set_item("transfer_seconds", report.transfer_seconds)?;
+        d.set_item("waiting", report.waiting)?;
         Ok(d)
     }
 

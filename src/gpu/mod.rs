@@ -6,9 +6,10 @@
 
 pub mod batch;
 pub mod trainer;
+pub mod transfer;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream};
 use cudarc::nvrtc::{CompileOptions, Ptx};
@@ -30,17 +31,16 @@ pub const KERNEL_NAMES: &[&str] = &[
     "dense_grad_input",
     "column_sums",
     "dense_update",
-    "sparse_backward_update",
+    "chunk_max_abs",
+    "sparse_backward",
+    "sparse_update_hot",
 ];
 
 /// Runs `f`, turning a panic (cudarc's way to report a missing library) into an error.
 fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
     catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|panic| {
-        let msg = panic
-            .downcast_ref::<String>()
-            .map(String::as_str)
-            .or_else(|| panic.downcast_ref::<&str>().copied())
-            .unwrap_or("unknown error");
+        let msg =
+            panic.downcast_ref::<String>().map(String::as_str).or_else(|| panic.downcast_ref::<&str>().copied()).unwrap_or("unknown error");
         Err(Error::Unavailable(format!("{what}: {msg}")))
     })
 }
@@ -84,6 +84,11 @@ pub struct Gpu {
     functions: Vec<(&'static str, CudaFunction)>,
     pub name: String,
     pub arch: String,
+    /// Pinned memory is slow to allocate (milliseconds for a few MB), so the buffers for batches
+    /// and for the model's tables are kept for the life of the process, as PyTorch's caching
+    /// host allocator does.
+    pub batch_buffers: transfer::PinnedPool,
+    pub staging: Mutex<Option<transfer::Staging>>,
 }
 
 impl Gpu {
@@ -113,7 +118,8 @@ fn open_device() -> Result<Arc<Gpu>> {
             .collect::<Result<Vec<_>>>()?;
         let stream = ctx.default_stream();
         let name = ctx.name().unwrap_or_else(|_| "CUDA device".into());
-        Ok(Arc::new(Gpu { ctx, stream, _module: module, functions, name, arch }))
+        let batch_buffers = transfer::PinnedPool::new(ctx.clone());
+        Ok(Arc::new(Gpu { ctx, stream, _module: module, functions, name, arch, batch_buffers, staging: Mutex::new(None) }))
     })
 }
 

@@ -1,10 +1,10 @@
 //! Training and prediction on the GPU. For one `fit` call every tensor (weights, feature bias,
 //! max_abs, optimizer state) lives on the device; the CPU `Model` is uploaded at the start and
 //! receives the result at the end, so checkpoints, prediction on the CPU and the Python layer see
-//! an ordinary model. A host thread builds the next batches (with their feature-grouped
-//! transpose) while the device trains the current one. Not done yet: uploads come from pageable
-//! memory on the compute stream (no pinned double-buffered copies on a second stream, no CUDA
-//! graph). The loss total stays on the device and is read every 32 batches (the divergence check),
+//! an ordinary model. Host threads build the next batches (with their feature-grouped
+//! transpose, packed into pinned memory) while the device trains the current one; each batch is
+//! one asynchronous copy on the compute stream. Not done: a second stream for the copies, CUDA
+//! graphs. The loss total stays on the device and is read every 32 batches (the divergence check),
 //! so the host runs ahead of the device in between. Batches follow the CPU trainer's order
 //! (`epoch_order`), and the epoch position is kept the same way, so a GPU run can be compared
 //! batch for batch with a CPU run.
@@ -14,9 +14,10 @@ use std::sync::mpsc::sync_channel;
 use std::sync::Arc;
 use std::time::Instant;
 
-use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
 
 use super::batch::HostBatch;
+use super::transfer::{cuda, uninit, zeros, DeviceBatch, StagedBatch, Staging};
 use super::{device, guarded, Gpu};
 use crate::data::batches::epoch_order;
 use crate::data::{CsrView, Idx, Task};
@@ -24,13 +25,9 @@ use crate::error::{Error, Result};
 use crate::model::workspace::RowSlots;
 use crate::model::Model;
 use crate::optim::{OptimizerKind, Param};
-use crate::train::{FitOptions, FitReport, Progress, SharedF32, TrainData};
+use crate::train::{FitOptions, FitReport, Progress, TrainData};
 
 const THREADS: u32 = 256;
-
-fn cuda(what: &'static str) -> impl Fn(cudarc::driver::DriverError) -> Error {
-    move |e| Error::Unavailable(format!("CUDA error while {what}: {e}"))
-}
 
 fn kernel_code(kind: OptimizerKind) -> Result<i32> {
     match kind {
@@ -49,14 +46,6 @@ fn grid(n: usize, per_block: usize) -> LaunchConfig {
 /// warp per item.
 const WARPS_PER_BLOCK: usize = THREADS as usize / 32;
 
-fn upload<T: DeviceRepr>(stream: &Arc<CudaStream>, host: &[T]) -> Result<CudaSlice<T>> {
-    stream.clone_htod(host).map_err(cuda("copying to the device"))
-}
-
-fn zeros(stream: &Arc<CudaStream>, n: usize) -> Result<CudaSlice<f32>> {
-    stream.alloc_zeros::<f32>(n.max(1)).map_err(cuda("allocating device memory"))
-}
-
 /// A parameter on the device: values and up to two optimizer slots (a one-element placeholder
 /// where the optimizer has fewer, so every kernel gets valid pointers).
 struct DeviceParam {
@@ -67,19 +56,16 @@ struct DeviceParam {
 }
 
 impl DeviceParam {
-    fn upload(stream: &Arc<CudaStream>, p: &Param) -> Result<Self> {
-        let slot = |k: usize| p.slots.get(k).map_or_else(|| zeros(stream, 1), |s| upload(stream, &s.to_vec()));
-        Ok(Self { values: upload(stream, &p.values.to_vec())?, s0: slot(0)?, s1: slot(1)?, len: p.len() })
+    fn upload(stream: &Arc<CudaStream>, staging: &mut Staging, p: &Param) -> Result<Self> {
+        let mut slot = |k: usize| p.slots.get(k).map_or_else(|| zeros(stream, 1), |s| staging.upload(stream, s));
+        let (s0, s1) = (slot(0)?, slot(1)?);
+        Ok(Self { values: staging.upload(stream, &p.values)?, s0, s1, len: p.len() })
     }
 
-    fn download(&self, stream: &Arc<CudaStream>, p: &Param) -> Result<()> {
-        let get = |d: &CudaSlice<f32>, into: &SharedF32| -> Result<()> {
-            into.copy_from(&stream.clone_dtoh(d).map_err(cuda("copying from the device"))?);
-            Ok(())
-        };
-        get(&self.values, &p.values)?;
+    fn download(&self, stream: &Arc<CudaStream>, staging: &mut Staging, p: &Param) -> Result<()> {
+        staging.download(stream, &self.values, &p.values)?;
         for (k, slot) in p.slots.iter().enumerate() {
-            get(if k == 0 { &self.s0 } else { &self.s1 }, slot)?;
+            staging.download(stream, if k == 0 { &self.s0 } else { &self.s1 }, slot)?;
         }
         Ok(())
     }
@@ -103,70 +89,34 @@ struct DeviceModel {
     layers: Vec<DeviceLayer>,
     optimizer: OptimizerKind,
     regression: bool,
-}
-
-/// The device buffers of one batch.
-struct DeviceBatch {
-    n_rows: usize,
-    nnz: usize,
-    n_slots: usize,
-    row_ptr: CudaSlice<i32>,
-    entry_row: CudaSlice<i32>,
-    entry_slot: CudaSlice<i32>,
-    values: CudaSlice<f32>,
-    slot_id: CudaSlice<i64>,
-    slot_ptr: CudaSlice<i32>,
-    slot_entries: CudaSlice<i32>,
-    targets: CudaSlice<f32>,
-    weights: CudaSlice<f32>,
-}
-
-impl DeviceBatch {
-    fn upload(stream: &Arc<CudaStream>, b: &HostBatch) -> Result<Self> {
-        Ok(Self {
-            n_rows: b.n_rows,
-            nnz: b.nnz(),
-            n_slots: b.slot_id.len(),
-            row_ptr: upload(stream, &b.row_ptr)?,
-            entry_row: upload_nonempty(stream, &b.entry_row)?,
-            entry_slot: upload_nonempty(stream, &b.entry_slot)?,
-            values: upload_nonempty(stream, &b.values)?,
-            slot_id: upload_nonempty(stream, &b.slot_id)?,
-            slot_ptr: upload(stream, &b.slot_ptr)?,
-            slot_entries: upload_nonempty(stream, &b.slot_entries)?,
-            targets: upload(stream, &b.targets)?,
-            weights: upload(stream, &b.weights)?,
-        })
-    }
-}
-
-/// Like `upload`, but an empty slice uploads one (unused) default element: a batch may have no
-/// non-zeros, and zero-length device buffers cannot be allocated.
-fn upload_nonempty<T: DeviceRepr + Default + Clone>(stream: &Arc<CudaStream>, host: &[T]) -> Result<CudaSlice<T>> {
-    if host.is_empty() {
-        upload(stream, &[T::default()])
-    } else {
-        upload(stream, host)
-    }
+    /// One-element stand-ins for the feature bias, its optimizer state and max_abs when the
+    /// model does not normalize (kernels still take valid pointers).
+    placeholders: [CudaSlice<f32>; 4],
 }
 
 impl DeviceModel {
     fn upload(gpu: Arc<Gpu>, model: &Model) -> Result<Self> {
+        Staging::with(&gpu.clone(), |staging| Self::upload_with(gpu, model, staging))
+    }
+
+    fn upload_with(gpu: Arc<Gpu>, model: &Model, staging: &mut Staging) -> Result<Self> {
         let s = &gpu.stream;
         let norm = model.norm.as_ref();
+        let placeholders = [zeros(s, 1)?, zeros(s, 1)?, zeros(s, 1)?, zeros(s, 1)?];
         Ok(Self {
+            placeholders,
             width: model.config.sparse_width,
-            sparse: DeviceParam::upload(s, &model.sparse.weight)?,
-            sparse_bias: DeviceParam::upload(s, &model.sparse.bias)?,
-            feat_bias: norm.map(|n| DeviceParam::upload(s, &n.feat_bias)).transpose()?,
-            max_abs: norm.map(|n| upload(s, &n.max_abs.to_vec())).transpose()?,
+            sparse: DeviceParam::upload(s, staging, &model.sparse.weight)?,
+            sparse_bias: DeviceParam::upload(s, staging, &model.sparse.bias)?,
+            feat_bias: norm.map(|n| DeviceParam::upload(s, staging, &n.feat_bias)).transpose()?,
+            max_abs: norm.map(|n| staging.upload(s, &n.max_abs)).transpose()?,
             layers: model
                 .dense
                 .iter()
                 .map(|d| {
                     Ok(DeviceLayer {
-                        weight: DeviceParam::upload(s, &d.weight)?,
-                        bias: DeviceParam::upload(s, &d.bias)?,
+                        weight: DeviceParam::upload(s, staging, &d.weight)?,
+                        bias: DeviceParam::upload(s, staging, &d.bias)?,
                         n_in: d.n_in,
                         n_out: d.n_out,
                     })
@@ -179,88 +129,118 @@ impl DeviceModel {
     }
 
     fn download(&self, model: &Model) -> Result<()> {
+        Staging::with(&self.gpu, |staging| self.download_with(model, staging))
+    }
+
+    fn download_with(&self, model: &Model, staging: &mut Staging) -> Result<()> {
         let s = &self.gpu.stream;
-        self.sparse.download(s, &model.sparse.weight)?;
-        self.sparse_bias.download(s, &model.sparse.bias)?;
+        self.sparse.download(s, staging, &model.sparse.weight)?;
+        self.sparse_bias.download(s, staging, &model.sparse.bias)?;
         if let (Some(norm), Some(fb), Some(m)) = (&model.norm, &self.feat_bias, &self.max_abs) {
-            fb.download(s, &norm.feat_bias)?;
-            norm.max_abs.copy_from(&s.clone_dtoh(m).map_err(cuda("copying from the device"))?);
+            fb.download(s, staging, &norm.feat_bias)?;
+            staging.download(s, m, &norm.max_abs)?;
         }
         for (layer, d) in self.layers.iter().zip(&model.dense) {
-            layer.weight.download(s, &d.weight)?;
-            layer.bias.download(s, &d.bias)?;
+            layer.weight.download(s, staging, &d.weight)?;
+            layer.bias.download(s, staging, &d.bias)?;
         }
         Ok(())
     }
 
-    /// Normalization, sparse layer and dense layers: returns `pre` (the sparse layer output,
-    /// then each dense layer's output; the last is the logits).
-    fn forward(&mut self, b: &DeviceBatch, training: bool) -> Result<(CudaSlice<f32>, Vec<CudaSlice<f32>>)> {
+    /// Normalization, sparse layer and dense layers: returns the layer input of every entry and
+    /// `pre` (the sparse layer output, then each dense layer's output; the last is the logits),
+    /// and, in training, the maxima of hot slots' chunks (for `sparse_update_hot`).
+    fn forward(&mut self, b: &DeviceBatch, training: bool) -> Result<Forward> {
         let gpu = self.gpu.clone();
         let s = &gpu.stream;
-        let (n, nnz, n_slots, width) = (b.n_rows as i32, b.nnz as i32, b.n_slots as i32, self.width as i32);
-        let mut y = zeros(s, b.nnz)?;
+        let z = b.sizes;
+        let (n, nnz, n_chunks, width) = (z.n_rows as i32, z.nnz as i32, z.n_chunks as i32, self.width as i32);
+        let (chunk_slot, chunk_begin, chunk_partial) = (b.chunk_slot(), b.chunk_begin(), b.chunk_partial());
+        let (slot_ptr, slot_entries, slot_id, values) = (b.slot_ptr(), b.slot_entries(), b.slot_id(), b.values());
+        let (row_ptr, entry_slot) = (b.row_ptr(), b.entry_slot());
+        // SAFETY (allocations): each buffer below is written whole by the kernel that produces it
+        // (normalize_entries / copy_values: every entry; chunk_max_abs: every hot chunk; the
+        // gathers and dense layers: every output) before anything reads it.
+        let mut y = unsafe { uninit::<f32>(s, z.nnz)? };
+        let mut chunk_max = unsafe { uninit::<f32>(s, z.n_partials)? };
         // SAFETY (every launch below): the arguments match the kernel's parameter list in
         // kernels.cu in order and type; every index a kernel reads was built by HostBatch within
-        // the bounds of the buffers passed (entries < nnz, rows < n_rows, slots < n_slots, ids <
-        // n_features, the size of the tables).
+        // the bounds of the buffers passed (entries < nnz, rows < n_rows, slots < n_slots, chunk
+        // partials < n_partials, ids < n_features, the size of the tables).
         unsafe {
             match (&self.max_abs, &self.feat_bias) {
                 (Some(max_abs), Some(fb)) => {
                     let training = training as i32;
+                    if training != 0 && z.n_partials > 0 {
+                        s.launch_builder(gpu.function("chunk_max_abs"))
+                            .arg(&n_chunks)
+                            .arg(&chunk_slot)
+                            .arg(&chunk_begin)
+                            .arg(&chunk_partial)
+                            .arg(&slot_ptr)
+                            .arg(&slot_entries)
+                            .arg(&values)
+                            .arg(&mut chunk_max)
+                            .launch(grid(z.n_chunks, WARPS_PER_BLOCK))
+                            .map_err(cuda("normalizing"))?;
+                    }
                     s.launch_builder(gpu.function("normalize_entries"))
-                        .arg(&n_slots)
-                        .arg(&b.slot_ptr)
-                        .arg(&b.slot_entries)
-                        .arg(&b.slot_id)
-                        .arg(&b.values)
+                        .arg(&n_chunks)
+                        .arg(&chunk_slot)
+                        .arg(&chunk_begin)
+                        .arg(&chunk_partial)
+                        .arg(&slot_ptr)
+                        .arg(&slot_entries)
+                        .arg(&slot_id)
+                        .arg(&values)
                         .arg(max_abs)
                         .arg(&fb.values)
+                        .arg(&chunk_max)
                         .arg(&mut y)
                         .arg(&training)
-                        .launch(grid(b.n_slots, THREADS as usize))
+                        .launch(grid(z.n_chunks, WARPS_PER_BLOCK))
                         .map_err(cuda("normalizing"))?;
                 }
                 _ => {
                     s.launch_builder(gpu.function("copy_values"))
                         .arg(&nnz)
-                        .arg(&b.values)
+                        .arg(&values)
                         .arg(&mut y)
-                        .launch(grid(b.nnz, THREADS as usize))
+                        .launch(grid(z.nnz, THREADS as usize))
                         .map_err(cuda("copying values"))?;
                 }
             }
-            let mut h = zeros(s, b.n_rows * self.width)?;
+            let mut h = uninit::<f32>(s, z.n_rows * self.width)?;
             if self.width == 1 {
                 s.launch_builder(gpu.function("gather_forward_width1"))
                     .arg(&n)
-                    .arg(&b.row_ptr)
-                    .arg(&b.entry_slot)
-                    .arg(&b.slot_id)
+                    .arg(&row_ptr)
+                    .arg(&entry_slot)
+                    .arg(&slot_id)
                     .arg(&y)
                     .arg(&self.sparse.values)
                     .arg(&self.sparse_bias.values)
                     .arg(&mut h)
-                    .launch(grid(b.n_rows, WARPS_PER_BLOCK))
+                    .launch(grid(z.n_rows, WARPS_PER_BLOCK))
                     .map_err(cuda("the sparse layer"))?;
             } else {
                 s.launch_builder(gpu.function("gather_forward"))
                     .arg(&n)
                     .arg(&width)
-                    .arg(&b.row_ptr)
-                    .arg(&b.entry_slot)
-                    .arg(&b.slot_id)
+                    .arg(&row_ptr)
+                    .arg(&entry_slot)
+                    .arg(&slot_id)
                     .arg(&y)
                     .arg(&self.sparse.values)
                     .arg(&self.sparse_bias.values)
                     .arg(&mut h)
-                    .launch(grid(b.n_rows, WARPS_PER_BLOCK))
+                    .launch(grid(z.n_rows, WARPS_PER_BLOCK))
                     .map_err(cuda("the sparse layer"))?;
             }
             let mut pre = vec![h];
             for layer in &self.layers {
                 let (n_in, n_out, relu) = (layer.n_in as i32, layer.n_out as i32, 1i32);
-                let mut out = zeros(s, b.n_rows * layer.n_out)?;
+                let mut out = uninit::<f32>(s, z.n_rows * layer.n_out)?;
                 s.launch_builder(gpu.function("dense_forward"))
                     .arg(&n)
                     .arg(&n_in)
@@ -270,11 +250,11 @@ impl DeviceModel {
                     .arg(&layer.bias.values)
                     .arg(&mut out)
                     .arg(&relu)
-                    .launch(grid(b.n_rows * layer.n_out, THREADS as usize))
+                    .launch(grid(z.n_rows * layer.n_out, THREADS as usize))
                     .map_err(cuda("a dense layer"))?;
                 pre.push(out);
             }
-            Ok((y, pre))
+            Ok(Forward { y, pre, chunk_max })
         }
     }
 
@@ -283,24 +263,32 @@ impl DeviceModel {
     fn train_batch(&mut self, b: &DeviceBatch, step: crate::optim::Step, loss_total: &mut CudaSlice<f64>) -> Result<()> {
         let gpu = self.gpu.clone();
         let s = &gpu.stream;
-        let (y, pre) = self.forward(b, true)?;
-        let (n, width, n_slots) = (b.n_rows as i32, self.width as i32, b.n_slots as i32);
+        let Forward { y, pre, chunk_max } = self.forward(b, true)?;
+        let z = b.sizes;
+        let (n, width, n_chunks, n_hot) = (z.n_rows as i32, self.width as i32, z.n_chunks as i32, z.n_hot as i32);
         let (kind, lr, lr_t, l2) = (kernel_code(self.optimizer)?, step.learning_rate, step.lr_t, step.l2);
-        let (no_l2, regression, inv_n) = (0.0f32, self.regression as i32, 1.0 / b.n_rows as f32);
-        let mut d_logits = zeros(s, b.n_rows)?;
-        let mut loss_terms = zeros(s, b.n_rows)?;
+        let (no_l2, regression, inv_n) = (0.0f32, self.regression as i32, 1.0 / z.n_rows as f32);
+        let (targets, weights) = (b.targets(), b.weights());
+        let (chunk_slot, chunk_begin, chunk_partial) = (b.chunk_slot(), b.chunk_begin(), b.chunk_partial());
+        let (slot_ptr, slot_entries, slot_id, entry_row) = (b.slot_ptr(), b.slot_entries(), b.slot_id(), b.entry_row());
+        let (hot_slot, hot_partial) = (b.hot_slot(), b.hot_partial());
+        // SAFETY (allocations): as in `forward`; partial_g / partial_d: every hot chunk writes all
+        // `width` of its values.
+        let (mut d_logits, mut loss_terms) = unsafe { (uninit::<f32>(s, z.n_rows)?, uninit::<f32>(s, z.n_rows)?) };
+        let (mut partial_g, mut partial_d) =
+            unsafe { (uninit::<f32>(s, z.n_partials * self.width)?, uninit::<f32>(s, z.n_partials * self.width)?) };
         // SAFETY: as in `forward`.
         unsafe {
             s.launch_builder(gpu.function("loss_grad"))
                 .arg(&n)
                 .arg(&regression)
                 .arg(pre.last().expect("logits"))
-                .arg(&b.targets)
-                .arg(&b.weights)
+                .arg(&targets)
+                .arg(&weights)
                 .arg(&inv_n)
                 .arg(&mut d_logits)
                 .arg(&mut loss_terms)
-                .launch(grid(b.n_rows, THREADS as usize))
+                .launch(grid(z.n_rows, THREADS as usize))
                 .map_err(cuda("the loss"))?;
             s.launch_builder(gpu.function("accumulate_loss"))
                 .arg(&n)
@@ -314,8 +302,8 @@ impl DeviceModel {
             let mut dense_grads = Vec::new();
             for (l, layer) in self.layers.iter().enumerate().rev() {
                 let (n_in, n_out, relu) = (layer.n_in as i32, layer.n_out as i32, 1i32);
-                let mut gw = zeros(s, layer.n_in * layer.n_out)?;
-                let mut gb = zeros(s, layer.n_out)?;
+                let mut gw = uninit::<f32>(s, layer.n_in * layer.n_out)?;
+                let mut gb = uninit::<f32>(s, layer.n_out)?;
                 s.launch_builder(gpu.function("dense_grad_weights"))
                     .arg(&n)
                     .arg(&n_in)
@@ -325,9 +313,9 @@ impl DeviceModel {
                     .arg(&mut gw)
                     .arg(&mut gb)
                     .arg(&relu)
-                    .launch(grid((layer.n_in + 1) * layer.n_out, THREADS as usize))
+                    .launch(grid((layer.n_in + 1) * layer.n_out, WARPS_PER_BLOCK))
                     .map_err(cuda("dense gradients"))?;
-                let mut d_in = zeros(s, b.n_rows * layer.n_in)?;
+                let mut d_in = uninit::<f32>(s, z.n_rows * layer.n_in)?;
                 s.launch_builder(gpu.function("dense_grad_input"))
                     .arg(&n)
                     .arg(&n_in)
@@ -336,19 +324,19 @@ impl DeviceModel {
                     .arg(&layer.weight.values)
                     .arg(&d_out)
                     .arg(&mut d_in)
-                    .launch(grid(b.n_rows * layer.n_in, THREADS as usize))
+                    .launch(grid(z.n_rows * layer.n_in, THREADS as usize))
                     .map_err(cuda("dense gradients"))?;
                 dense_grads.push((l, gw, gb));
                 d_out = d_in;
             }
             let dh = d_out;
-            let mut bias_grad = zeros(s, self.width)?;
+            let mut bias_grad = uninit::<f32>(s, self.width)?;
             s.launch_builder(gpu.function("column_sums"))
                 .arg(&n)
                 .arg(&width)
                 .arg(&dh)
                 .arg(&mut bias_grad)
-                .launch(grid(self.width, THREADS as usize))
+                .launch(grid(self.width, WARPS_PER_BLOCK))
                 .map_err(cuda("the bias gradient"))?;
             let update = |p: &mut DeviceParam, g: &CudaSlice<f32>, l2: f32| -> Result<()> {
                 let len = p.len as i32;
@@ -372,39 +360,76 @@ impl DeviceModel {
                 update(&mut layer.bias, gb, no_l2)?;
             }
             update(&mut self.sparse_bias, &bias_grad, no_l2)?;
-            let mut placeholder = zeros(s, 1)?;
-            let (mut ph0, mut ph1) = (zeros(s, 1)?, zeros(s, 1)?);
-            let with_fb = self.feat_bias.is_some() as i32;
-            let fb = self.feat_bias.as_mut();
-            let (fb_values, fb_s0, fb_s1) = match fb {
+            let normalized = self.feat_bias.is_some() as i32;
+            let [ph0, ph1, ph2, ph3] = &mut self.placeholders;
+            let (fb_values, fb_s0, fb_s1) = match self.feat_bias.as_mut() {
                 Some(p) => (&mut p.values, &mut p.s0, &mut p.s1),
-                None => (&mut placeholder, &mut ph0, &mut ph1),
+                None => (ph0, ph1, ph2),
             };
-            s.launch_builder(gpu.function("sparse_backward_update"))
-                .arg(&n_slots)
+            let max_abs = self.max_abs.as_mut().unwrap_or(ph3);
+            s.launch_builder(gpu.function("sparse_backward"))
+                .arg(&n_chunks)
                 .arg(&width)
-                .arg(&b.slot_ptr)
-                .arg(&b.slot_entries)
-                .arg(&b.entry_row)
-                .arg(&b.slot_id)
+                .arg(&chunk_slot)
+                .arg(&chunk_begin)
+                .arg(&chunk_partial)
+                .arg(&slot_ptr)
+                .arg(&slot_entries)
+                .arg(&entry_row)
+                .arg(&slot_id)
                 .arg(&y)
                 .arg(&dh)
                 .arg(&mut self.sparse.values)
                 .arg(&mut self.sparse.s0)
                 .arg(&mut self.sparse.s1)
-                .arg(fb_values)
-                .arg(fb_s0)
-                .arg(fb_s1)
-                .arg(&with_fb)
+                .arg(&mut *fb_values)
+                .arg(&mut *fb_s0)
+                .arg(&mut *fb_s1)
+                .arg(&normalized)
                 .arg(&kind)
                 .arg(&lr)
                 .arg(&lr_t)
                 .arg(&l2)
-                .launch(grid(b.n_slots, WARPS_PER_BLOCK))
+                .arg(&mut partial_g)
+                .arg(&mut partial_d)
+                .launch(grid(z.n_chunks, WARPS_PER_BLOCK))
                 .map_err(cuda("the sparse update"))?;
+            if z.n_hot > 0 {
+                s.launch_builder(gpu.function("sparse_update_hot"))
+                    .arg(&n_hot)
+                    .arg(&width)
+                    .arg(&hot_slot)
+                    .arg(&hot_partial)
+                    .arg(&slot_ptr)
+                    .arg(&slot_id)
+                    .arg(&partial_g)
+                    .arg(&partial_d)
+                    .arg(&chunk_max)
+                    .arg(max_abs)
+                    .arg(&mut self.sparse.values)
+                    .arg(&mut self.sparse.s0)
+                    .arg(&mut self.sparse.s1)
+                    .arg(fb_values)
+                    .arg(fb_s0)
+                    .arg(fb_s1)
+                    .arg(&normalized)
+                    .arg(&kind)
+                    .arg(&lr)
+                    .arg(&lr_t)
+                    .arg(&l2)
+                    .launch(grid(z.n_hot, WARPS_PER_BLOCK))
+                    .map_err(cuda("the sparse update"))?;
+            }
         }
         Ok(())
     }
+}
+
+/// What `forward` leaves for the backward pass.
+struct Forward {
+    y: CudaSlice<f32>,
+    pre: Vec<CudaSlice<f32>>,
+    chunk_max: CudaSlice<f32>,
 }
 
 /// `train::fit` on the GPU: same options, same batch order and epoch position, same report.
@@ -440,15 +465,16 @@ fn fit_on<P: Idx, I: Idx>(
 ) -> Result<FitReport> {
     let start = Instant::now();
     let mut device_model = DeviceModel::upload(gpu.clone(), model)?;
+    let mut report = FitReport { transfer_seconds: start.elapsed().as_secs_f64(), ..FitReport::default() };
     let n = data.x.n_rows();
     let n_batches = n.div_ceil(options.batch_size);
-    let mut report = FitReport::default();
     if !options.continue_epoch || model.batches_into_epoch.load(Relaxed) as usize >= n_batches {
         model.batches_into_epoch.store(0, Relaxed);
     }
     let mut batches_left = options.max_batches.unwrap_or(usize::MAX);
     let mut last_report = Instant::now();
     let mut epoch = 0;
+    let pool = &gpu.batch_buffers;
     while epoch < options.epochs && batches_left > 0 {
         let first = model.batches_into_epoch.load(Relaxed) as usize;
         let shuffle_epoch =
@@ -471,29 +497,42 @@ fn fit_on<P: Idx, I: Idx>(
             checked_step = t;
             Ok(total)
         };
-        // The next batches are built on a host thread while the device trains (two in flight).
+        // The next batches are built on host threads while the device trains (builder t builds
+        // every `builders`-th batch, two in flight each; the device side takes them in order):
+        // building a batch's transpose costs the host more than the device spends training it.
+        let builders = host_builders().min(end.saturating_sub(first)).max(1);
         let result = std::thread::scope(|scope| -> Result<()> {
-            let (send, receive) = sync_channel::<HostBatch>(2);
             let order = &order;
-            scope.spawn(move || {
-                let mut slots = RowSlots::default();
-                for b in first..end {
-                    let rows = &order[b * options.batch_size..((b + 1) * options.batch_size).min(n)];
-                    let mut batch = HostBatch::default();
-                    batch.build(&data.x, rows, data.targets, data.weights, &mut slots);
-                    if send.send(batch).is_err() {
-                        return; // the device side stopped
+            let mut inboxes = Vec::with_capacity(builders);
+            for t in 0..builders {
+                let (send, receive) = sync_channel::<Result<StagedBatch>>(2);
+                inboxes.push(receive);
+                scope.spawn(move || {
+                    let (mut batch, mut slots) = (HostBatch::default(), RowSlots::default());
+                    for b in (first + t..end).step_by(builders) {
+                        let rows = &order[b * options.batch_size..((b + 1) * options.batch_size).min(n)];
+                        batch.build(&data.x, rows, data.targets, data.weights, &mut slots);
+                        let staged = pool.stage(&batch);
+                        let failed = staged.is_err();
+                        if send.send(staged).is_err() || failed {
+                            return; // the device side stopped, or this thread cannot go on
+                        }
                     }
-                }
-            });
+                });
+            }
             const CHECK_EVERY: u64 = 32;
-            for host in receive.iter() {
-                let batch = DeviceBatch::upload(&gpu.stream, &host)?;
+            for b in first..end {
+                let waited = Instant::now();
+                let Ok(staged) = inboxes[(b - first) % builders].recv() else {
+                    return Err(Error::Unavailable("a host thread building GPU batches stopped".into()));
+                };
+                report.waiting += waited.elapsed().as_secs_f64();
+                let batch = DeviceBatch::upload_staged(&gpu.stream, staged?, pool)?;
                 let t = model.step.load(Relaxed) + 1;
                 device_model.train_batch(&batch, model.config.optimizer.step(t), &mut loss_total)?;
                 model.step.store(t, Relaxed);
                 model.batches_into_epoch.fetch_add(1, Relaxed);
-                samples += host.n_rows as u64;
+                samples += batch.sizes.n_rows as u64;
                 report.batches += 1;
                 if t % CHECK_EVERY == 0 {
                     check(&loss_total, t)?;
@@ -524,10 +563,18 @@ fn fit_on<P: Idx, I: Idx>(
             epoch += 1;
         }
     }
-    device_model.download(model)?;
     gpu.stream.synchronize().map_err(cuda("finishing"))?;
+    let download = Instant::now();
+    device_model.download(model)?;
+    report.transfer_seconds += download.elapsed().as_secs_f64();
     report.seconds = start.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// Host threads that build batches for the device: enough to keep it fed, a few cores left for
+/// the thread that drives the device.
+fn host_builders() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get()).saturating_sub(1).clamp(1, 12)
 }
 
 /// Raw outputs of every row, computed on the GPU (inference normalization: max_abs is read, not
@@ -553,8 +600,8 @@ pub fn decision_function<P: Idx, I: Idx>(model: &Model, x: &CsrView<'_, P, I>, o
         for (c, chunk) in rows.chunks(CHUNK).enumerate() {
             host.build(x, chunk, &ones, None, &mut slots);
             let batch = DeviceBatch::upload(&gpu.stream, &host)?;
-            let (_, pre) = device_model.forward(&batch, false)?;
-            let logits = gpu.stream.clone_dtoh(pre.last().expect("logits")).map_err(cuda("reading outputs"))?;
+            let forward = device_model.forward(&batch, false)?;
+            let logits = gpu.stream.clone_dtoh(forward.pre.last().expect("logits")).map_err(cuda("reading outputs"))?;
             out[c * CHUNK..c * CHUNK + chunk.len()].copy_from_slice(&logits[..chunk.len()]);
         }
         Ok(())

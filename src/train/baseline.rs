@@ -123,7 +123,7 @@ pub fn adam_row_roofline(n_rows: usize, width: usize, batches: &[Vec<u64>], repe
             for (k, &id) in ids.iter().enumerate() {
                 if let Some(&ahead) = ids.get(k + ahead_rows) {
                     let r = ahead as usize * width..(ahead as usize + 1) * width;
-                    [&w[r.clone()], &m[r.clone()], &v[r]].into_iter().for_each(|row| prefetch_slice(row));
+                    [&w[r.clone()], &m[r.clone()], &v[r]].into_iter().for_each(prefetch_slice);
                 }
                 let r = id as usize * width..(id as usize + 1) * width;
                 for (((w, m), v), &g) in w[r.clone()].iter_mut().zip(&mut m[r.clone()]).zip(&mut v[r]).zip(&grads) {

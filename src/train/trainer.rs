@@ -96,6 +96,12 @@ pub struct FitReport {
     pub batches: u64,
     pub samples: u64,
     pub seconds: f64,
+    /// Of `seconds`, the time spent moving the model to and from the GPU (0 on the CPU): a
+    /// device fit uploads every table at its start and downloads it at its end.
+    pub transfer_seconds: f64,
+    /// Of `seconds`, the time the GPU trainer waited for host threads to build batches (0 on
+    /// the CPU): when it is a large share, the host, not the device, sets the rate.
+    pub waiting: f64,
 }
 
 pub fn resolve_threads(threads: usize) -> usize {
