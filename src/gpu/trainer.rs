@@ -56,8 +56,13 @@ struct DeviceParam {
 }
 
 impl DeviceParam {
-    fn upload(stream: &Arc<CudaStream>, staging: &mut Staging, p: &Param) -> Result<Self> {
-        let mut slot = |k: usize| p.slots.get(k).map_or_else(|| zeros(stream, 1), |s| staging.upload(stream, s));
+    /// `p` on the device; its optimizer state too when `with_state` (training), else placeholders
+    /// (prediction reads values only).
+    fn upload(stream: &Arc<CudaStream>, staging: &mut Staging, p: &Param, with_state: bool) -> Result<Self> {
+        let mut slot = |k: usize| match p.slots.get(k) {
+            Some(state) if with_state => staging.upload(stream, state),
+            _ => zeros(stream, 1),
+        };
         let (s0, s1) = (slot(0)?, slot(1)?);
         Ok(Self { values: staging.upload(stream, &p.values)?, s0, s1, len: p.len() })
     }
@@ -92,31 +97,36 @@ struct DeviceModel {
     /// One-element stand-ins for the feature bias, its optimizer state and max_abs when the
     /// model does not normalize (kernels still take valid pointers).
     placeholders: [CudaSlice<f32>; 4],
+    /// Whether the optimizer state was uploaded (for training): only then can the model be
+    /// downloaded back.
+    with_state: bool,
 }
 
 impl DeviceModel {
-    fn upload(gpu: Arc<Gpu>, model: &Model) -> Result<Self> {
-        Staging::with(&gpu.clone(), |staging| Self::upload_with(gpu, model, staging))
+    /// Every tensor of `model` on the device; optimizer state only `for_training`.
+    fn upload(gpu: Arc<Gpu>, model: &Model, for_training: bool) -> Result<Self> {
+        Staging::with(&gpu.clone(), |staging| Self::upload_with(gpu, model, for_training, staging))
     }
 
-    fn upload_with(gpu: Arc<Gpu>, model: &Model, staging: &mut Staging) -> Result<Self> {
+    fn upload_with(gpu: Arc<Gpu>, model: &Model, with_state: bool, staging: &mut Staging) -> Result<Self> {
         let s = &gpu.stream;
         let norm = model.norm.as_ref();
         let placeholders = [zeros(s, 1)?, zeros(s, 1)?, zeros(s, 1)?, zeros(s, 1)?];
         Ok(Self {
             placeholders,
+            with_state,
             width: model.config.sparse_width,
-            sparse: DeviceParam::upload(s, staging, &model.sparse.weight)?,
-            sparse_bias: DeviceParam::upload(s, staging, &model.sparse.bias)?,
-            feat_bias: norm.map(|n| DeviceParam::upload(s, staging, &n.feat_bias)).transpose()?,
+            sparse: DeviceParam::upload(s, staging, &model.sparse.weight, with_state)?,
+            sparse_bias: DeviceParam::upload(s, staging, &model.sparse.bias, with_state)?,
+            feat_bias: norm.map(|n| DeviceParam::upload(s, staging, &n.feat_bias, with_state)).transpose()?,
             max_abs: norm.map(|n| staging.upload(s, &n.max_abs)).transpose()?,
             layers: model
                 .dense
                 .iter()
                 .map(|d| {
                     Ok(DeviceLayer {
-                        weight: DeviceParam::upload(s, staging, &d.weight)?,
-                        bias: DeviceParam::upload(s, staging, &d.bias)?,
+                        weight: DeviceParam::upload(s, staging, &d.weight, with_state)?,
+                        bias: DeviceParam::upload(s, staging, &d.bias, with_state)?,
                         n_in: d.n_in,
                         n_out: d.n_out,
                     })
@@ -133,6 +143,9 @@ impl DeviceModel {
     }
 
     fn download_with(&self, model: &Model, staging: &mut Staging) -> Result<()> {
+        if !self.with_state {
+            return Err(Error::Unavailable("internal: a model uploaded for prediction has no optimizer state to download".into()));
+        }
         let s = &self.gpu.stream;
         self.sparse.download(s, staging, &model.sparse.weight)?;
         self.sparse_bias.download(s, staging, &model.sparse.bias)?;
@@ -464,7 +477,7 @@ fn fit_on<P: Idx, I: Idx>(
     on_progress: &mut dyn FnMut(&Progress) -> Result<()>,
 ) -> Result<FitReport> {
     let start = Instant::now();
-    let mut device_model = DeviceModel::upload(gpu.clone(), model)?;
+    let mut device_model = DeviceModel::upload(gpu.clone(), model, true)?;
     let mut report = FitReport { transfer_seconds: start.elapsed().as_secs_f64(), ..FitReport::default() };
     let n = data.x.n_rows();
     let n_batches = n.div_ceil(options.batch_size);
@@ -592,7 +605,7 @@ pub fn decision_function<P: Idx, I: Idx>(model: &Model, x: &CsrView<'_, P, I>, o
     }
     let gpu = device()?;
     guarded("predicting on the GPU", || {
-        let mut device_model = DeviceModel::upload(gpu.clone(), model)?;
+        let mut device_model = DeviceModel::upload(gpu.clone(), model, false)?;
         const CHUNK: usize = 1 << 16;
         let (mut host, mut slots) = (HostBatch::default(), RowSlots::default());
         let ones = vec![1.0f32; x.n_rows()];
