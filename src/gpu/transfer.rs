@@ -68,7 +68,10 @@ impl<T: DeviceRepr + ValidAsZeroBits> PinnedBuffer<T> {
         // A plain slice of the pinned memory: the driver copies it asynchronously, and
         // `copied` (recorded just after) guards its reuse.
         let host = self.host.as_slice().map_err(cuda("copying to the device"))?;
-        stream.memcpy_htod(&host[..dst.len()], dst).map_err(cuda("copying to the device"))?;
+        let Some(host) = host.get(..dst.len()) else {
+            return Err(Error::Unavailable(format!("internal: a copy of {} elements from a buffer of {}", dst.len(), host.len())));
+        };
+        stream.memcpy_htod(host, dst).map_err(cuda("copying to the device"))?;
         self.copied.record(stream).map_err(cuda("recording a copy"))
     }
 
