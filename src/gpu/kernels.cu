@@ -387,12 +387,13 @@ extern "C" __global__ void sparse_backward(int n_chunks, int width, const int* c
 
 // One warp per hot slot: adds up its chunks' partial (g, D) in batch order, updates its row and
 // feature bias as sparse_backward does for a one-chunk slot, and stores its new max_abs (the max
-// of the old one and its chunks' maxima) when normalizing in training.
+// of the old one and its chunks' maxima) when the model normalizes (this kernel runs in
+// training only).
 extern "C" __global__ void sparse_update_hot(int n_hot, int width, const int* hot_slot, const int* hot_partial,
                                              const int* slot_ptr, const long long* slot_id, const float* partial_g,
                                              const float* partial_d, const float* chunk_max, float* max_abs, float* W,
                                              float* W_s0, float* W_s1, float* fb, float* fb_s0, float* fb_s1,
-                                             int with_feat_bias, int kind, float lr, float lr_t, float l2) {
+                                             int normalized, int kind, float lr, float lr_t, float l2) {
     int h = (blockIdx.x * blockDim.x + threadIdx.x) / WARP;
     int lane = threadIdx.x % WARP;
     if (h >= n_hot) return;
@@ -410,7 +411,7 @@ extern "C" __global__ void sparse_update_hot(int n_hot, int width, const int* ho
         fb_partial += W[base + j] * d;
         optimizer_step(kind, W + base + j, W_s0 + base + j, W_s1 + base + j, g, lr, lr_t, l2);
     }
-    if (with_feat_bias) {
+    if (normalized) {  // the model has feature biases and max_abs
         float g_fb = warp_sum(fb_partial);
         if (lane == 0) optimizer_step(kind, fb + id, fb_s0 + id, fb_s1 + id, g_fb, lr, lr_t, 0.0f);
         float m = 0.0f;
