@@ -120,13 +120,13 @@ impl Staging {
         for c in 0..full {
             let range = c * STAGE_FLOATS..(c + 1) * STAGE_FLOATS;
             let buffer = &mut self.buffers[c % 2];
-            src.read_range_into(range.start, buffer.ready()?);
+            src.par_load_into(range.start, buffer.ready()?);
             buffer.to_device(stream, &mut dst.slice_mut(range))?;
         }
         let start = full * STAGE_FLOATS;
         if start < n {
             let mut tail = vec![0.0f32; n - start];
-            src.read_range_into(start, &mut tail);
+            src.par_load_into(start, &mut tail);
             // From pageable memory: the call returns once `tail` has been read.
             stream.memcpy_htod(&tail, &mut dst.slice_mut(start..n)).map_err(cuda("copying to the device"))?;
         }
@@ -145,12 +145,12 @@ impl Staging {
             if c + 1 < full {
                 self.buffers[(c + 1) % 2].from_device(stream, &src.slice(chunk(c + 1)))?;
             }
-            dst.write_range_from(c * STAGE_FLOATS, self.buffers[c % 2].ready()?);
+            dst.par_store_from(c * STAGE_FLOATS, self.buffers[c % 2].ready()?);
         }
         let start = full * STAGE_FLOATS;
         if start < n {
             let tail = stream.clone_dtoh(&src.slice(start..n)).map_err(cuda("copying from the device"))?;
-            dst.write_range_from(start, &tail);
+            dst.par_store_from(start, &tail);
         }
         Ok(())
     }

@@ -178,27 +178,19 @@ impl SharedF32 {
         }
     }
 
-    /// `out[i] = self[start + i]`, in parallel: large tables move through staging buffers this
-    /// way (the GPU's pinned copies), and one core's relaxed loads are slower than the link.
-    pub fn read_range_into(&self, start: usize, out: &mut [f32]) {
+    /// `load_into` in parallel over chunks: large tables move through staging buffers this way
+    /// (the GPU's pinned copies), and one core's loads are slower than the link.
+    pub fn par_load_into(&self, start: usize, out: &mut [f32]) {
         use rayon::prelude::*;
-        let cells = &self.data[start..start + out.len()];
-        out.par_chunks_mut(1 << 16).zip(cells.par_chunks(1 << 16)).for_each(|(o, c)| {
-            for (o, a) in o.iter_mut().zip(c) {
-                *o = f32::from_bits(a.load(Relaxed));
-            }
-        });
+        const CHUNK: usize = 1 << 16;
+        out.par_chunks_mut(CHUNK).enumerate().for_each(|(c, o)| self.load_into(start + c * CHUNK, o));
     }
 
-    /// `self[start + i] = values[i]`, in parallel (see `read_range_into`).
-    pub fn write_range_from(&self, start: usize, values: &[f32]) {
+    /// `store_from` in parallel over chunks (see `par_load_into`).
+    pub fn par_store_from(&self, start: usize, values: &[f32]) {
         use rayon::prelude::*;
-        let cells = &self.data[start..start + values.len()];
-        values.par_chunks(1 << 16).zip(cells.par_chunks(1 << 16)).for_each(|(v, c)| {
-            for (a, v) in c.iter().zip(v) {
-                a.store(v.to_bits(), Relaxed);
-            }
-        });
+        const CHUNK: usize = 1 << 16;
+        values.par_chunks(CHUNK).enumerate().for_each(|(c, v)| self.store_from(start + c * CHUNK, v));
     }
 }
 
@@ -355,13 +347,13 @@ mod tests {
         let n = (1 << 17) + 5; // more than one parallel chunk, and a partial one
         let b = SharedF32::zeros(n).unwrap();
         let values: Vec<f32> = (0..n - 7).map(|i| i as f32).collect();
-        b.write_range_from(3, &values);
+        b.par_store_from(3, &values);
         let all = b.to_vec();
         assert_eq!(&all[..3], &[0.0; 3]);
         assert_eq!(&all[3..n - 4], &values[..]);
         assert_eq!(&all[n - 4..], &[0.0; 4]);
         let mut out = vec![-1.0f32; n - 9];
-        b.read_range_into(4, &mut out);
+        b.par_load_into(4, &mut out);
         assert_eq!(out, all[4..n - 5]);
     }
 
