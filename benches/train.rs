@@ -14,6 +14,7 @@ fn main() {
     let rows: usize = std::env::var("BENCH_ROWS").ok().and_then(|s| s.parse().ok()).unwrap_or(200_000);
     let threads: usize = std::env::var("BENCH_THREADS").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
     // BENCH_PARALLEL: hogwild (default), columns, or rows (the talk's approach A, bench only).
+    // BENCH_NONORM: train without the per-feature normalization (to see what it costs).
     let row_partitioned = std::env::var("BENCH_PARALLEL").as_deref() == Ok("rows");
     let parallel = match std::env::var("BENCH_PARALLEL").as_deref() {
         Ok("columns") => Parallel::Columns,
@@ -49,7 +50,7 @@ fn main() {
                 sparse_width: width,
                 head: head.clone(),
                 task: Task::Binary,
-                normalize: true,
+                normalize: std::env::var("BENCH_NONORM").is_err(),
                 optimizer: OptimizerConfig { kind: OptimizerKind::parse(&optimizer).unwrap(), learning_rate: lr, l1: 0.0, l2: 0.0 },
                 seed: 0,
             })

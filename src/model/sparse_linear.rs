@@ -164,6 +164,19 @@ impl SparseLinear {
     pub fn sum_rows(&self, batch: &PreparedBatch, bias: &[f32], cache: &[f32], first_row: usize, h: &mut [f32]) {
         let width = self.width;
         let mut start = if first_row == 0 { 0 } else { batch.row_end[first_row - 1] };
+        if width == 1 {
+            // A linear model's cache is a few hundred KB, already in cache: no prefetching, no
+            // row loop.
+            for (h_row, &end) in h.iter_mut().zip(&batch.row_end[first_row..]) {
+                let mut sum = bias[0];
+                for (&slot, &y) in batch.nnz_slot[start..end].iter().zip(&batch.nnz_y[start..end]) {
+                    sum += cache[slot as usize] * y;
+                }
+                *h_row = sum;
+                start = end;
+            }
+            return;
+        }
         for (h_row, &end) in h.chunks_exact_mut(width).zip(&batch.row_end[first_row..]) {
             h_row.copy_from_slice(bias);
             for k in start..end {
@@ -257,6 +270,21 @@ impl SparseLinear {
         super::dense::column_sums(dh, width, &mut ws.bias_acc);
         ws.grad_sparse_bias.clear();
         ws.grad_sparse_bias.extend(ws.bias_acc.iter().map(|&s| s as f32));
+        if width == 1 {
+            // As in `sum_rows`: a linear model's per-slot arrays are small and already cached.
+            let mut start = 0;
+            for (&d, &end) in dh.iter().zip(&ws.batch.row_end) {
+                for (&slot, &y) in ws.batch.nnz_slot[start..end].iter().zip(&ws.batch.nnz_y[start..end]) {
+                    let slot = slot as usize;
+                    ws.grad_rows[slot] += d * y;
+                    if with_feat_bias {
+                        ws.grad_feat_bias[slot] += ws.row_cache[slot] * d;
+                    }
+                }
+                start = end;
+            }
+            return;
+        }
         let mut start = 0;
         for (b, &end) in ws.batch.row_end.iter().enumerate() {
             let dh_row = &dh[b * width..(b + 1) * width];

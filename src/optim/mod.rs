@@ -217,15 +217,15 @@ impl Step {
     /// the same update element by element, without the chunk machinery a wide row needs.
     fn apply_scalar_rows(&self, param: &Param, key: u32, rows: &[u64], grads: &[f32], undo: &mut UndoLog) -> bool {
         let ahead_rows = rows_ahead(1);
-        let n_slots = param.slots.len();
         let slot = |k: usize, i: usize| param.slots.get(k).map_or(0.0, |s| s.get(i));
+        let at = undo.begin_scalars(rows.len());
         let ok = rows.iter().zip(grads.chunks_exact(1)).enumerate().all(|(k, (&row, g))| {
             if let Some(&ahead) = rows.get(k + ahead_rows) {
                 param.prefetch(ahead as usize, 1);
             }
             let i = row as usize;
             let (mut w, mut s0, mut s1) = ([param.values.get(i)], [slot(0, i)], [slot(1, i)]);
-            undo.record(key, i, [&w[..], &s0[..], &s1[..]].into_iter().take(1 + n_slots));
+            undo.scalar(row, [w[0], s0[0], s1[0]]);
             if !self.rule(param, &mut w, &mut s0, &mut s1, g) {
                 return false;
             }
@@ -235,7 +235,7 @@ impl Step {
             }
             true
         });
-        undo.fence();
+        undo.end_scalars(key, at);
         ok
     }
 
@@ -400,6 +400,10 @@ enum Layout {
     /// Per group of four elements the four old values, then each slot's four; per element after
     /// the last whole group, its value and its slots' (`GroupLog`).
     Groups,
+    /// Scattered single elements (`apply_scalar_rows`): per element `SCALAR_FLOATS` floats, its
+    /// index (a u64 as the bits of two floats, low half first), its old value and its slots'
+    /// (as many as it has: the last float is unused when it has one, two with no slots).
+    Scalars,
 }
 
 impl UndoLog {
@@ -428,6 +432,36 @@ impl UndoLog {
             append_streaming(&mut self.values, part);
         }
         self.entries.push(Entry { key, start, len, at, layout: Layout::Parts });
+    }
+
+    /// Starts logging up to `rows` scattered elements (`Layout::Scalars`, one entry for them
+    /// all: a linear model logs tens of thousands per batch); returns where they start, for
+    /// `end_scalars`.
+    #[inline]
+    fn begin_scalars(&mut self, rows: usize) -> usize {
+        if !self.disabled {
+            self.values.reserve(rows * SCALAR_FLOATS);
+        }
+        self.values.len()
+    }
+
+    /// Logs element `index` of the run begun by `begin_scalars`: its old value and its slots'
+    /// (fixed size, so the copy is a few plain stores).
+    #[inline(always)]
+    fn scalar(&mut self, index: u64, old: [f32; 3]) {
+        if !self.disabled {
+            let [a, b, c] = old;
+            self.values.extend_from_slice(&[f32::from_bits(index as u32), f32::from_bits((index >> 32) as u32), a, b, c]);
+        }
+    }
+
+    /// Closes the run begun at `at` (values of param `key`).
+    #[inline]
+    fn end_scalars(&mut self, key: u32, at: usize) {
+        let len = (self.values.len() - at) / SCALAR_FLOATS;
+        if len > 0 {
+            self.entries.push(Entry { key, start: 0, len, at, layout: Layout::Scalars });
+        }
     }
 
     /// Runs `update` with a `GroupLog` for a run of `len` elements (and `parts - 1` slots) of
@@ -475,9 +509,17 @@ impl UndoLog {
             let param = param_of(e.key);
             let tensors = || std::iter::once(&param.values).chain(&param.slots).enumerate();
             let parts = 1 + param.slots.len();
+            if e.layout == Layout::Scalars {
+                for element in self.values[e.at..e.at + SCALAR_FLOATS * e.len].chunks_exact(SCALAR_FLOATS) {
+                    let index = element[0].to_bits() as usize | (element[1].to_bits() as usize) << 32;
+                    tensors().for_each(|(k, t)| t.set(index, element[2 + k]));
+                }
+                continue;
+            }
             let old = &self.values[e.at..e.at + parts * e.len];
             match e.layout {
                 Layout::Parts => tensors().for_each(|(k, t)| t.store_from(e.start, &old[k * e.len..(k + 1) * e.len])),
+                Layout::Scalars => unreachable!("restored above"),
                 Layout::Groups => {
                     let groups = e.len / 4;
                     for (g, block) in old[..groups * 4 * parts].chunks_exact(4 * parts).enumerate() {
@@ -491,6 +533,9 @@ impl UndoLog {
         }
     }
 }
+
+/// Floats per element of a `Layout::Scalars` entry: index (2), value, up to two slots.
+const SCALAR_FLOATS: usize = 5;
 
 /// Where a fused update logs the old values of a run as it goes (`UndoLog::record_groups`):
 /// whole groups of four with non-temporal stores straight from registers, the elements after
@@ -593,7 +638,7 @@ mod tests {
     #[test]
     fn a_fused_adam_update_that_overflows_midway_is_undone_exactly() {
         let config = OptimizerConfig { kind: OptimizerKind::LazyAdam, learning_rate: 0.05, l1: 0.0, l2: 0.0 };
-        for (width, bad_at) in [(50, 0), (50, 23), (50, 49), (6, 5), (3, 1)] {
+        for (width, bad_at) in [(50, 0), (50, 23), (50, 49), (6, 5), (3, 1), (1, 0)] {
             let p = adam_param(4, width, 7);
             let before = snapshot(&p);
             let rows = [1u64, 3];
@@ -605,6 +650,24 @@ mod tests {
             assert!(snapshot(&p).iter().flatten().all(|x| x.is_finite()), "width {width}: nothing non-finite stored");
             undo.restore(|_| &p);
             assert!(snapshot(&p) == before, "width {width}, bad at {bad_at}");
+        }
+    }
+
+    #[test]
+    fn scalar_rows_of_every_optimizer_are_undone_exactly() {
+        for kind in [OptimizerKind::Sgd, OptimizerKind::LazyAdam, OptimizerKind::Adagrad, OptimizerKind::Ftrl] {
+            let config = OptimizerConfig { kind, learning_rate: 0.1, l1: 0.01, l2: 0.01 };
+            let f = |k: u64| move |i: usize| crate::rng::hash_to_unit(k, i as u64) as f32 + 0.5;
+            let p = Param::new(SharedF32::from_fn(20, f(0)).unwrap(), vec![20], kind, true).unwrap();
+            p.slots.iter().enumerate().for_each(|(k, s)| s.copy_from(&(0..20).map(f(k as u64 + 1)).collect::<Vec<_>>()));
+            let before = snapshot(&p);
+            let mut undo = UndoLog::default();
+            for (t, rows) in [[3u64, 19, 0, 7], [7, 3, 12, 1]].iter().enumerate() {
+                assert!(config.step(t as u64 + 1).apply_rows(&p, 0, rows, 1, &[0.5, -1.0, 2.0, 0.25], &mut undo));
+            }
+            assert!(snapshot(&p) != before, "{kind:?}");
+            undo.restore(|_| &p);
+            assert!(snapshot(&p) == before, "{kind:?}");
         }
     }
 
