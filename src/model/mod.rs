@@ -222,6 +222,12 @@ impl Model {
     /// Forward and backward on one batch; gradients are left in `ws`. Returns the batch's mean
     /// weighted loss. Updates `max_abs` (training-time normalization) but no learned weight.
     pub fn compute_gradients<P: Idx, I: Idx>(&self, batch: &Batch<'_, '_, P, I>, ws: &mut Workspace) -> Result<f64> {
+        self.gradients(batch, ws, false)
+    }
+
+    /// `compute_gradients`; with `defer_rows`, the sparse layer's row gradients may be left for
+    /// `apply_gradients` to sum as it updates each row (`SparseLinear::backward_deferred`).
+    fn gradients<P: Idx, I: Idx>(&self, batch: &Batch<'_, '_, P, I>, ws: &mut Workspace, defer_rows: bool) -> Result<f64> {
         let n = batch.rows.len();
         if n == 0 {
             return Err(invalid!("empty batch"));
@@ -229,7 +235,12 @@ impl Model {
         self.sparse.forward_train(batch.x, batch.rows, self.norm.as_ref(), ws);
         let mean_loss = self.dense_and_loss(batch, ws)?;
         let d_h = std::mem::take(&mut ws.d_pre[0]);
-        self.sparse.backward(&d_h, self.norm.is_some(), ws);
+        if defer_rows {
+            self.sparse.backward_deferred(&d_h, self.norm.is_some(), ws);
+        } else {
+            ws.rows_deferred = false;
+            self.sparse.backward(&d_h, self.norm.is_some(), ws);
+        }
         ws.d_pre[0] = d_h;
 
         let finite = crate::optim::all_finite;
@@ -369,7 +380,16 @@ impl Model {
         let step = self.config.optimizer.step(t);
         let width = self.config.sparse_width;
         let undo = &mut ws.undo;
-        let mut ok = step.apply_rows(&self.sparse.weight, 0, &ws.batch.slots.ids, width, &ws.grad_rows, undo);
+        let ids = &ws.batch.slots.ids;
+        let mut ok = if ws.rows_deferred {
+            let (dh, by_slot, start) = (&ws.d_pre[0], &ws.by_slot, &ws.by_slot_start);
+            ws.grad_row.resize(width, 0.0);
+            step.apply_rows_with(&self.sparse.weight, 0, ids, width, &mut ws.grad_row, undo, |s, g| {
+                SparseLinear::row_gradient(dh, by_slot, start, s, g)
+            })
+        } else {
+            step.apply_rows(&self.sparse.weight, 0, ids, width, &ws.grad_rows, undo)
+        };
         if let Some(norm) = &self.norm {
             ok = ok && step.apply_rows(&norm.feat_bias, 1, &ws.batch.slots.ids, 1, &ws.grad_feat_bias, undo);
         }
@@ -393,7 +413,7 @@ impl Model {
     /// weights led here) is undone too, so the model keeps the last weights under which a batch
     /// loss was finite; if the update itself would overflow, it is not applied.
     pub fn train_batch<P: Idx, I: Idx>(&self, batch: &Batch<'_, '_, P, I>, ws: &mut Workspace) -> Result<f64> {
-        match self.compute_gradients(batch, ws) {
+        match self.gradients(batch, ws, true) {
             Ok(loss) => {
                 self.apply_gradients(ws)?;
                 Ok(loss)
@@ -531,6 +551,32 @@ mod tests {
             let mut out = vec![0.0; 3000];
             model.decision_function(&x, &mut out).unwrap();
             assert!(out.iter().all(|v| v.is_finite()));
+        }
+    }
+
+    #[test]
+    fn deferred_row_gradients_give_bit_for_bit_the_same_model() {
+        // train_batch sums each sparse row's gradient as it updates the row; compute_gradients
+        // then apply_gradients materializes them first. Same weights, bit for bit.
+        let data = make_ctr(&CtrSpec { n_rows: 600, n_features: 1 << 10, seed: 3, ..Default::default() }).unwrap();
+        let x = data[0].matrix.view().unwrap();
+        for normalize in [true, false] {
+            let cfg = ModelConfig { normalize, ..config(Head::Mlp { hidden: vec![6] }, 12, OptimizerKind::LazyAdam) };
+            let (deferred, plain) = (Model::new(cfg.clone()).unwrap(), Model::new(cfg).unwrap());
+            let (mut ws_d, mut ws_p) = (deferred.workspace(), plain.workspace());
+            let rows: Vec<u32> = (0..600).rev().collect();
+            for chunk in rows.chunks(97) {
+                let batch = Batch { x: &x, rows: chunk, targets: &data[0].labels, weights: None };
+                let loss_d = deferred.train_batch(&batch, &mut ws_d).unwrap();
+                assert!(ws_d.rows_deferred && ws_d.grad_rows.is_empty());
+                let loss_p = plain.compute_gradients(&batch, &mut ws_p).unwrap();
+                plain.apply_gradients(&mut ws_p).unwrap();
+                assert_eq!(loss_d.to_bits(), loss_p.to_bits());
+            }
+            let bits = |m: &Model| {
+                m.tensors().iter().map(|(_, _, t)| t.to_vec().iter().map(|v| v.to_bits()).collect::<Vec<_>>()).collect::<Vec<_>>()
+            };
+            assert!(bits(&deferred) == bits(&plain), "normalize={normalize}");
         }
     }
 

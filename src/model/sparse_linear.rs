@@ -258,6 +258,81 @@ impl SparseLinear {
         }
     }
 
+    /// `backward`, except that the row gradients are not computed (`ws.rows_deferred`): the
+    /// non-zeros are grouped by slot instead (`ws.by_slot`), and `row_gradient` sums a row's
+    /// gradient when the optimizer comes to it. That saves writing and re-reading megabytes of
+    /// gradient rows scattered by slot, and the feature-bias gradients are summed slot by slot
+    /// over the row cache in order. The values are bit for bit those of `backward`. The row
+    /// gradients are then finite without being checked, so when a bound on them (largest
+    /// |dh| times the sum of |y|) does not show it, this runs `backward` instead.
+    #[inline(never)] // a per-batch call: keeps profiles readable
+    pub fn backward_deferred(&self, dh: &[f32], with_feat_bias: bool, ws: &mut Workspace) {
+        let max_dh = dh.iter().fold(0.0f32, |m, &d| m.max(d.abs()));
+        let sum_y: f64 = ws.batch.nnz_y.iter().map(|&y| y.abs() as f64).sum();
+        // Each partial sum of a row gradient is at most this (plus rounding) in magnitude.
+        const SAFE: f64 = 1e37;
+        if self.width == 1 || !(crate::optim::all_finite(dh) && max_dh as f64 * sum_y <= SAFE) {
+            ws.rows_deferred = false;
+            return self.backward(dh, with_feat_bias, ws);
+        }
+        ws.rows_deferred = true;
+        let width = self.width;
+        let batch = &ws.batch;
+        let n_unique = batch.slots.len();
+        super::dense::column_sums(dh, width, &mut ws.bias_acc);
+        ws.grad_sparse_bias.clear();
+        ws.grad_sparse_bias.extend(ws.bias_acc.iter().map(|&s| s as f32));
+        // Counting sort of the non-zeros by slot (stable: batch order within a slot).
+        let start = &mut ws.by_slot_start;
+        start.clear();
+        start.resize(n_unique + 1, 0);
+        for &slot in &batch.nnz_slot {
+            start[slot as usize + 1] += 1;
+        }
+        for s in 0..n_unique {
+            start[s + 1] += start[s];
+        }
+        ws.by_slot.clear();
+        ws.by_slot.resize(batch.nnz_slot.len(), (0, 0.0));
+        let mut next = std::mem::take(&mut ws.grad_row_cursor);
+        next.clear();
+        next.extend_from_slice(&start[..n_unique]);
+        let mut k = 0;
+        for (b, &end) in batch.row_end.iter().enumerate() {
+            for (&slot, &y) in batch.nnz_slot[k..end].iter().zip(&batch.nnz_y[k..end]) {
+                let at = &mut next[slot as usize];
+                ws.by_slot[*at as usize] = (b as u32, y);
+                *at += 1;
+            }
+            k = end;
+        }
+        ws.grad_row_cursor = next;
+        zeroed(&mut ws.grad_feat_bias, if with_feat_bias { n_unique } else { 0 });
+        if with_feat_bias {
+            for (s, (g, w_row)) in ws.grad_feat_bias.iter_mut().zip(ws.row_cache.chunks_exact(width)).enumerate() {
+                for &(b, _) in &ws.by_slot[start[s] as usize..start[s + 1] as usize] {
+                    let b = b as usize;
+                    *g += super::dense::dot(w_row, &dh[b * width..(b + 1) * width]);
+                }
+            }
+        }
+        ws.grad_rows.clear();
+    }
+
+    /// The gradient of slot `slot`'s row after `backward_deferred`: `sum dh[b, :] y` over the
+    /// slot's non-zeros in batch order, as `backward` sums it.
+    #[inline(always)]
+    pub fn row_gradient(dh: &[f32], by_slot: &[(u32, f32)], by_slot_start: &[u32], slot: usize, out: &mut [f32]) {
+        let width = out.len();
+        out.fill(0.0);
+        for &(b, y) in &by_slot[by_slot_start[slot] as usize..by_slot_start[slot + 1] as usize] {
+            let b = b as usize;
+            for (g, &d) in out.iter_mut().zip(&dh[b * width..(b + 1) * width]) {
+                *g += d * y;
+            }
+        }
+    }
+
     /// Given `dh` (B x width), fills the per-slot row gradients, the feature-bias gradients (when
     /// normalizing) and the bias gradient.
     #[inline(never)] // a per-batch call: keeps profiles readable

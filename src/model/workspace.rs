@@ -144,6 +144,16 @@ pub struct Workspace {
     pub dense_b: Vec<Vec<f32>>,
     /// Gradients.
     pub grad_rows: Vec<f32>,
+    /// Whether `grad_rows` was left uncomputed (`SparseLinear::backward_deferred`): each row's
+    /// gradient is summed from `by_slot` just before the optimizer updates the row.
+    pub rows_deferred: bool,
+    /// The batch's non-zeros grouped by slot, in batch order within a slot (`by_slot_start[s]..
+    /// by_slot_start[s + 1]` for slot s): each one's batch row and input y.
+    pub by_slot: Vec<(u32, f32)>,
+    pub by_slot_start: Vec<u32>,
+    /// One row gradient (`rows_deferred`), and scratch for grouping by slot.
+    pub grad_row: Vec<f32>,
+    pub grad_row_cursor: Vec<u32>,
     pub grad_feat_bias: Vec<f32>,
     pub grad_sparse_bias: Vec<f32>,
     pub grad_dense_w: Vec<Vec<f32>>,

@@ -186,6 +186,33 @@ impl Step {
         ok
     }
 
+    /// `apply_rows` with row `k`'s gradient written into `grad` by `grad_of(k, grad)` just
+    /// before the row is updated, instead of read from a matrix of all rows' gradients.
+    #[allow(clippy::too_many_arguments)]
+    pub fn apply_rows_with(
+        &self,
+        param: &Param,
+        key: u32,
+        rows: &[u64],
+        width: usize,
+        grad: &mut [f32],
+        undo: &mut UndoLog,
+        mut grad_of: impl FnMut(usize, &mut [f32]),
+    ) -> bool {
+        debug_assert_eq!(grad.len(), width);
+        let mut scratch = Scratch::default();
+        let ahead_rows = rows_ahead(width);
+        let ok = rows.iter().enumerate().all(|(k, &row)| {
+            if let Some(&ahead) = rows.get(k + ahead_rows) {
+                param.prefetch(ahead as usize * width, width);
+            }
+            grad_of(k, grad);
+            self.update_run(param, key, row as usize * width, grad, &mut scratch, undo)
+        });
+        undo.fence();
+        ok
+    }
+
     /// Like `apply_rows` for whole rows `stride` long whose gradients come in column parts
     /// (see `GradPart`). Each row is updated part after part while it is in cache.
     pub fn apply_rows_in_parts<'g>(
