@@ -166,15 +166,18 @@ pub fn backward(
 /// must run in order, one add at a time).
 #[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
+    // Partial sums k and k + 4 as two vectors of four (written so, the compiler keeps them in
+    // two registers instead of shuffling eight lanes).
+    let (mut lo, mut hi) = ([0.0f32; 4], [0.0f32; 4]);
     let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
     let tail: f32 = a8.remainder().iter().zip(b8.remainder()).map(|(&x, &y)| x * y).sum();
     for (x, y) in a8.zip(b8) {
-        for k in 0..8 {
-            acc[k] += x[k] * y[k];
+        for k in 0..4 {
+            lo[k] += x[k] * y[k];
+            hi[k] += x[k + 4] * y[k + 4];
         }
     }
-    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+    ((lo[0] + hi[0]) + (lo[1] + hi[1])) + ((lo[2] + hi[2]) + (lo[3] + hi[3])) + tail
 }
 
 /// `out[j] = sum_b m[b, j]` in f64.

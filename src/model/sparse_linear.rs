@@ -310,10 +310,12 @@ impl SparseLinear {
         zeroed(&mut ws.grad_feat_bias, if with_feat_bias { n_unique } else { 0 });
         if with_feat_bias {
             for (s, (g, w_row)) in ws.grad_feat_bias.iter_mut().zip(ws.row_cache.chunks_exact(width)).enumerate() {
+                let mut sum = 0.0;
                 for &(b, _) in &ws.by_slot[start[s] as usize..start[s + 1] as usize] {
                     let b = b as usize;
-                    *g += super::dense::dot(w_row, &dh[b * width..(b + 1) * width]);
+                    sum += super::dense::dot(w_row, &dh[b * width..(b + 1) * width]);
                 }
+                *g = sum;
             }
         }
         ws.grad_rows.clear();
