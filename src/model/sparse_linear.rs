@@ -264,14 +264,19 @@ impl SparseLinear {
     /// gradient rows scattered by slot, and the feature-bias gradients are summed slot by slot
     /// over the row cache in order. The values are bit for bit those of `backward`. The row
     /// gradients are then finite without being checked, so when a bound on them (largest
-    /// |dh| times the sum of |y|) does not show it, this runs `backward` instead.
+    /// |dh| times the sum of |y|) does not show it, or for a table of one column, this runs
+    /// `backward` instead.
     #[inline(never)] // a per-batch call: keeps profiles readable
     pub fn backward_deferred(&self, dh: &[f32], with_feat_bias: bool, ws: &mut Workspace) {
-        let max_dh = dh.iter().fold(0.0f32, |m, &d| m.max(d.abs()));
-        let sum_y: f64 = ws.batch.nnz_y.iter().map(|&y| y.abs() as f64).sum();
-        // Each partial sum of a row gradient is at most this (plus rounding) in magnitude.
+        // Each partial sum of a row gradient is at most max |dh| times the sum of |y| (plus
+        // rounding) in magnitude. A linear model's rows are single floats: nothing to save.
         const SAFE: f64 = 1e37;
-        if self.width == 1 || !(crate::optim::all_finite(dh) && max_dh as f64 * sum_y <= SAFE) {
+        let bounded = || {
+            let max_dh = dh.iter().fold(0.0f32, |m, &d| m.max(d.abs()));
+            let sum_y: f64 = ws.batch.nnz_y.iter().map(|&y| y.abs() as f64).sum();
+            crate::optim::all_finite(dh) && max_dh as f64 * sum_y <= SAFE
+        };
+        if self.width == 1 || !bounded() {
             ws.rows_deferred = false;
             return self.backward(dh, with_feat_bias, ws);
         }
