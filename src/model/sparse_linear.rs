@@ -108,9 +108,9 @@ impl SparseLinear {
                 if let Some(&ahead) = batch.nnz_ids.get(k + PREFETCH_DISTANCE) {
                     batch.slots.prefetch(ahead);
                     if let Some(n) = norm {
-                        n.max_abs.prefetch(ahead as usize, 1);
+                        n.max_abs.prefetch_one(ahead as usize);
                         if mode == Prepare::Now {
-                            n.feat_bias.values.prefetch(ahead as usize, 1);
+                            n.feat_bias.values.prefetch_one(ahead as usize);
                         }
                     }
                 }

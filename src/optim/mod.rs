@@ -128,6 +128,13 @@ impl Param {
         self.slots.iter().for_each(|s| s.prefetch(start, len));
     }
 
+    /// `prefetch` of element `i` of the values and every slot.
+    #[inline(always)]
+    pub fn prefetch_one(&self, i: usize) {
+        self.values.prefetch_one(i);
+        self.slots.iter().for_each(|s| s.prefetch_one(i));
+    }
+
     pub fn is_empty(&self) -> bool {
         self.values.is_empty()
     }
@@ -248,7 +255,7 @@ impl Step {
         let at = undo.begin_scalars(rows.len());
         let ok = rows.iter().zip(grads.chunks_exact(1)).enumerate().all(|(k, (&row, g))| {
             if let Some(&ahead) = rows.get(k + ahead_rows) {
-                param.prefetch(ahead as usize, 1);
+                param.prefetch_one(ahead as usize);
             }
             let i = row as usize;
             let (mut w, mut s0, mut s1) = ([param.values.get(i)], [slot(0, i)], [slot(1, i)]);
