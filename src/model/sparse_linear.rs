@@ -299,7 +299,7 @@ impl SparseLinear {
         }
         ws.by_slot.clear();
         ws.by_slot.resize(batch.nnz_slot.len(), (0, 0.0));
-        let mut next = std::mem::take(&mut ws.grad_row_cursor);
+        let mut next = std::mem::take(&mut ws.by_slot_next);
         next.clear();
         next.extend_from_slice(&start[..n_unique]);
         let mut k = 0;
@@ -311,7 +311,7 @@ impl SparseLinear {
             }
             k = end;
         }
-        ws.grad_row_cursor = next;
+        ws.by_slot_next = next;
         zeroed(&mut ws.grad_feat_bias, if with_feat_bias { n_unique } else { 0 });
         if with_feat_bias {
             for (s, (g, w_row)) in ws.grad_feat_bias.iter_mut().zip(ws.row_cache.chunks_exact(width)).enumerate() {

@@ -158,9 +158,10 @@ pub struct Workspace {
     /// by_slot_start[s + 1]` for slot s): each one's batch row and input y.
     pub by_slot: Vec<(u32, f32)>,
     pub by_slot_start: Vec<u32>,
-    /// One row gradient (`rows_deferred`), and scratch for grouping by slot.
+    /// Scratch of the grouping: the next free entry of each slot.
+    pub by_slot_next: Vec<u32>,
+    /// One row gradient (`rows_deferred`).
     pub grad_row: Vec<f32>,
-    pub grad_row_cursor: Vec<u32>,
     pub grad_feat_bias: Vec<f32>,
     pub grad_sparse_bias: Vec<f32>,
     pub grad_dense_w: Vec<Vec<f32>>,
