@@ -9,7 +9,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use sparselin::data::synthetic::{make_ctr, CtrSpec};
 use sparselin::data::{CsrView, Task};
 use sparselin::gpu::batch::HostBatch;
-use sparselin::model::sparse_linear::Prepare;
+use sparselin::model::sparse_linear::{Prepare, SparseLinear};
 use sparselin::model::workspace::{PreparedBatch, RowSlots, Workspace};
 use sparselin::model::{Head, Model, ModelConfig};
 use sparselin::optim::{OptimizerConfig, OptimizerKind, UndoLog};
@@ -107,6 +107,15 @@ fn kernels(c: &mut Criterion) {
             adam.sparse.backward(&dh, true, &mut prepared_ws[k]);
         })
     });
+    // What training runs for the MLP instead: group the non-zeros by slot and sum the
+    // feature-bias gradients; the row gradients are summed during the update (below).
+    g.bench_function("backward grouped by slot (backward_deferred)", |b| {
+        b.iter(|| {
+            k = (k + 1) % BATCHES;
+            adam.sparse.backward_deferred(&dh, true, &mut prepared_ws[k]);
+            assert!(prepared_ws[k].rows_deferred);
+        })
+    });
     // Roofline: the gather-sum on a plain f32 table, one W row per non-zero, no dedup.
     let plain_w: Vec<f32> = (0..N_FEATURES * WIDTH).map(|i| (i % 13) as f32 * 1e-3).collect();
     let mut h = vec![0.0f32; BATCH * WIDTH];
@@ -152,6 +161,21 @@ fn kernels(c: &mut Criterion) {
             })
         });
     }
+    // The Lazy Adam step as the MLP trains: each row's gradient summed from the batch's
+    // non-zeros (grouped by `backward_deferred` above) just before the row is updated.
+    let mut grad_row = vec![0.0f32; WIDTH];
+    g.bench_function("lazy_adam step summing row gradients at the update (apply_rows_with)", |b| {
+        b.iter(|| {
+            k = (k + 1) % BATCHES;
+            t += 1;
+            let w = &prepared_ws[k];
+            undo.clear();
+            let step = adam.config.optimizer.step(t);
+            assert!(step.apply_rows_with(&adam.sparse.weight, 0, &w.batch.slots.ids, WIDTH, &mut grad_row, &mut undo, |s, g| {
+                SparseLinear::row_gradient(&dh, &w.by_slot, &w.by_slot_start, s, g)
+            }));
+        })
+    });
     // Roofline: the same updates on plain f32 arrays, no undo log, no finiteness check.
     let (mut w, mut m, mut v) = (plain_w.clone(), vec![0.0f32; N_FEATURES * WIDTH], vec![0.0f32; N_FEATURES * WIDTH]);
     g.bench_function("roofline: plain adam row update", |b| {
