@@ -581,6 +581,31 @@ mod tests {
     }
 
     #[test]
+    fn row_gradients_are_computed_first_when_they_might_overflow() {
+        // backward_deferred leaves the row gradients to the update only when a bound shows them
+        // finite; otherwise (here a huge dh) it runs the plain backward.
+        let data = make_ctr(&CtrSpec { n_rows: 64, n_features: 1 << 10, seed: 4, ..Default::default() }).unwrap();
+        let x = data[0].matrix.view().unwrap();
+        let model = Model::new(config(Head::Mlp { hidden: vec![3] }, 8, OptimizerKind::LazyAdam)).unwrap();
+        let rows: Vec<u32> = (0..64).collect();
+        for (scale, deferred) in [(1e-3f32, true), (1e35, false), (f32::INFINITY, false)] {
+            let dh: Vec<f32> = (0..64 * 8).map(|i| (i % 5) as f32 * scale).collect();
+            let (mut a, mut b) = (model.workspace(), model.workspace());
+            for ws in [&mut a, &mut b] {
+                model.sparse.forward_train(&x, &rows, model.norm.as_ref(), ws);
+            }
+            model.sparse.backward_deferred(&dh, true, &mut a);
+            model.sparse.backward(&dh, true, &mut b);
+            assert_eq!(a.rows_deferred, deferred, "{scale}");
+            if !deferred {
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&a.grad_rows), bits(&b.grad_rows));
+                assert_eq!(bits(&a.grad_feat_bias), bits(&b.grad_feat_bias));
+            }
+        }
+    }
+
+    #[test]
     fn divergence_keeps_the_last_weights_with_a_finite_loss() {
         let data = make_ctr(&CtrSpec { n_rows: 512, n_features: 1 << 10, seed: 2, ..Default::default() }).unwrap();
         let x = data[0].matrix.view().unwrap();
