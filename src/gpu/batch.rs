@@ -8,7 +8,7 @@
 //! one buffer of 4-byte words (`pack`), so a batch goes to the device in one copy.
 
 use crate::data::{CsrView, Idx};
-use crate::model::workspace::RowSlots;
+use crate::model::workspace::{group_by_slot, RowSlots};
 
 #[derive(Default, Debug, Clone, PartialEq)]
 pub struct HostBatch {
@@ -95,23 +95,11 @@ impl HostBatch {
         }
         self.slot_id.clear();
         self.slot_id.extend(slots.ids.iter().map(|&id| id as i64));
-        // Counting sort of the entries by slot: stable, so batch order holds inside a slot.
-        let n_slots = self.slot_id.len();
-        self.slot_ptr.clear();
-        self.slot_ptr.resize(n_slots + 1, 0);
-        for &s in &self.entry_slot {
-            self.slot_ptr[s as usize + 1] += 1;
-        }
-        for s in 0..n_slots {
-            self.slot_ptr[s + 1] += self.slot_ptr[s];
-        }
         self.slot_entries.clear();
         self.slot_entries.resize(nnz, 0);
-        let mut next: Vec<i32> = self.slot_ptr[..n_slots].to_vec();
-        for (k, &s) in self.entry_slot.iter().enumerate() {
-            self.slot_entries[next[s as usize] as usize] = k as i32;
-            next[s as usize] += 1;
-        }
+        let slot_entries = &mut self.slot_entries;
+        let slots = self.entry_slot.iter().map(|&s| s as usize);
+        group_by_slot(slots, self.slot_id.len(), &mut self.slot_ptr, &mut Vec::new(), |k, at| slot_entries[at] = k as i32);
         self.build_chunks();
     }
 

@@ -391,7 +391,7 @@ impl Model {
             step.apply_rows(&self.sparse.weight, 0, ids, width, &ws.grad_rows, undo)
         };
         if let Some(norm) = &self.norm {
-            ok = ok && step.apply_rows(&norm.feat_bias, 1, &ws.batch.slots.ids, 1, &ws.grad_feat_bias, undo);
+            ok = ok && step.apply_rows(&norm.feat_bias, 1, ids, 1, &ws.grad_feat_bias, undo);
         }
         ok = ok && step.apply_rows(&self.sparse.bias, 2, &[0], width, &ws.grad_sparse_bias, undo);
         for (l, layer) in self.dense.iter().enumerate() {

@@ -7,7 +7,7 @@ use std::ops::Range;
 use crate::data::{CsrView, Idx};
 use crate::error::Result;
 use crate::features::Normalizer;
-use crate::model::workspace::{resized, zeroed, PreparedBatch, Workspace};
+use crate::model::workspace::{group_by_slot, resized, zeroed, PreparedBatch, Workspace};
 use crate::optim::{OptimizerKind, Param};
 use crate::rng::hash_to_unit;
 use crate::train::shared::{load, prefetch_slice, rows_ahead};
@@ -282,37 +282,20 @@ impl SparseLinear {
         }
         ws.rows_deferred = true;
         let width = self.width;
+        Self::bias_gradients(dh, width, with_feat_bias, ws);
         let batch = &ws.batch;
         let n_unique = batch.slots.len();
-        super::dense::column_sums(dh, width, &mut ws.bias_acc);
-        ws.grad_sparse_bias.clear();
-        ws.grad_sparse_bias.extend(ws.bias_acc.iter().map(|&s| s as f32));
-        // Counting sort of the non-zeros by slot (stable: batch order within a slot).
-        let start = &mut ws.by_slot_start;
-        start.clear();
-        start.resize(n_unique + 1, 0);
-        for &slot in &batch.nnz_slot {
-            start[slot as usize + 1] += 1;
-        }
-        for s in 0..n_unique {
-            start[s + 1] += start[s];
-        }
         ws.by_slot.clear();
         ws.by_slot.resize(batch.nnz_slot.len(), (0, 0.0));
-        let mut next = std::mem::take(&mut ws.by_slot_next);
-        next.clear();
-        next.extend_from_slice(&start[..n_unique]);
-        let mut k = 0;
-        for (b, &end) in batch.row_end.iter().enumerate() {
-            for (&slot, &y) in batch.nnz_slot[k..end].iter().zip(&batch.nnz_y[k..end]) {
-                let at = &mut next[slot as usize];
-                ws.by_slot[*at as usize] = (b as u32, y);
-                *at += 1;
+        let (by_slot, row_end, nnz_y) = (&mut ws.by_slot, &batch.row_end, &batch.nnz_y);
+        let mut b = 0;
+        group_by_slot(batch.nnz_slot.iter().map(|&s| s as usize), n_unique, &mut ws.by_slot_start, &mut ws.by_slot_next, |k, at| {
+            while row_end[b] <= k {
+                b += 1;
             }
-            k = end;
-        }
-        ws.by_slot_next = next;
-        zeroed(&mut ws.grad_feat_bias, if with_feat_bias { n_unique } else { 0 });
+            by_slot[at] = (b as u32, nnz_y[k]);
+        });
+        let start = &ws.by_slot_start;
         if with_feat_bias {
             for (s, (g, w_row)) in ws.grad_feat_bias.iter_mut().zip(ws.row_cache.chunks_exact(width)).enumerate() {
                 let mut sum = 0.0;
@@ -324,6 +307,16 @@ impl SparseLinear {
             }
         }
         ws.grad_rows.clear();
+    }
+
+    /// The sparse layer's bias gradient (column sums of `dh`, in f64) into `ws.grad_sparse_bias`,
+    /// and `ws.grad_feat_bias` zeroed to one entry per slot (none without normalization): what
+    /// both backward passes start with.
+    fn bias_gradients(dh: &[f32], width: usize, with_feat_bias: bool, ws: &mut Workspace) {
+        zeroed(&mut ws.grad_feat_bias, if with_feat_bias { ws.batch.slots.len() } else { 0 });
+        super::dense::column_sums(dh, width, &mut ws.bias_acc);
+        ws.grad_sparse_bias.clear();
+        ws.grad_sparse_bias.extend(ws.bias_acc.iter().map(|&s| s as f32));
     }
 
     /// The gradient of slot `slot`'s row after `backward_deferred`: `sum dh[b, :] y` over the
@@ -348,10 +341,7 @@ impl SparseLinear {
         let width = self.width;
         let n_unique = ws.batch.slots.len();
         zeroed(&mut ws.grad_rows, n_unique * width);
-        zeroed(&mut ws.grad_feat_bias, if with_feat_bias { n_unique } else { 0 });
-        super::dense::column_sums(dh, width, &mut ws.bias_acc);
-        ws.grad_sparse_bias.clear();
-        ws.grad_sparse_bias.extend(ws.bias_acc.iter().map(|&s| s as f32));
+        Self::bias_gradients(dh, width, with_feat_bias, ws);
         if width == 1 {
             // As in `sum_rows`: a linear model's per-slot arrays are small and already cached.
             let mut start = 0;

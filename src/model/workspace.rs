@@ -54,15 +54,7 @@ impl RowSlots {
     /// Hints the CPU to bring the cell where a lookup of `id` starts into cache.
     #[inline(always)]
     pub fn prefetch(&self, id: u64) {
-        let cell = self.home(id);
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `home` is below `cells.len()` (the top bits of a multiply, shifted to the
-        // table's size), so the pointer is in bounds; a prefetch only hints the cache.
-        unsafe {
-            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(self.cells.as_ptr().add(cell) as *const i8)
-        };
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = cell;
+        crate::train::shared::prefetch_element(&self.cells, self.home(id));
     }
 
     /// The slot of `id`, and whether it was just created.
@@ -112,6 +104,36 @@ impl RowSlots {
 
     pub fn is_empty(&self) -> bool {
         self.ids.is_empty()
+    }
+}
+
+/// Counting sort of a batch's non-zeros by slot (`slots` yields each non-zero's slot, in batch
+/// order), stable, so batch order holds inside a slot: `start` gets the `n_slots + 1` offsets of
+/// the groups, `next` is scratch, and `place(k, at)` puts non-zero k at position `at`. The CPU's
+/// deferred backward and the GPU's host batch both group a batch this way.
+pub fn group_by_slot<T>(
+    slots: impl Iterator<Item = usize> + Clone,
+    n_slots: usize,
+    start: &mut Vec<T>,
+    next: &mut Vec<T>,
+    mut place: impl FnMut(usize, usize),
+) where
+    T: Copy + Default + std::ops::AddAssign + From<u8> + Into<i64>,
+{
+    start.clear();
+    start.resize(n_slots + 1, T::default());
+    for s in slots.clone() {
+        start[s + 1] += T::from(1);
+    }
+    for s in 0..n_slots {
+        let before = start[s];
+        start[s + 1] += before;
+    }
+    next.clear();
+    next.extend_from_slice(&start[..n_slots]);
+    for (k, s) in slots.enumerate() {
+        place(k, next[s].into() as usize);
+        next[s] += T::from(1);
     }
 }
 

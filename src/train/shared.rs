@@ -138,15 +138,7 @@ impl SharedF32 {
     /// element without its loop, for the per-non-zero prefetches of the hottest loops.
     #[inline(always)]
     pub fn prefetch_one(&self, i: usize) {
-        #[cfg(target_arch = "x86_64")]
-        if i < self.data.len() {
-            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-            // SAFETY: `i < data.len()`, so the pointer is in bounds of this allocation; a
-            // prefetch only hints the cache, never reads into the program or faults.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(self.data.as_ptr().add(i) as *const i8) };
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = i;
+        prefetch_element(&self.data, i);
     }
 
     /// Copies `[start, start + out.len())` into `out`.
@@ -239,6 +231,21 @@ fn advise_huge_pages(data: &[AtomicU32]) {
 /// regression's, since 8 of those ahead hide little of a miss). Measured on the reference models.
 pub fn rows_ahead(width: usize) -> usize {
     (640 / width.max(1)).clamp(8, 48)
+}
+
+/// Hints the CPU to bring `data[i]` into cache (ignored past the end): one instruction, for
+/// the per-non-zero prefetches of the hottest loops.
+#[inline(always)]
+pub fn prefetch_element<T>(data: &[T], i: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if i < data.len() {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        // SAFETY: `i < data.len()`, so the pointer is in bounds of `data`; a prefetch only
+        // hints the cache, never reads into the program or faults.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(data.as_ptr().add(i) as *const i8) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (data, i);
 }
 
 /// Hints the CPU to bring every cache line of `data` into cache.
