@@ -1,4 +1,4 @@
-"""Parallel CPU training: Hogwild threads and the column-partitioned mode."""
+"""Parallel CPU training: Hogwild threads and columns mode."""
 
 import numpy as np
 import pytest

@@ -3,7 +3,7 @@ the same data (make_ctr, Twitter-like), the same threads and the same batch size
 
 Each cell is the median samples/s over ``--repeats`` epochs from a fresh model (training time
 of the epoch, data in memory) with the test logloss / AUC of the last run beside it. Rows:
-sparselin optimized (Hogwild; column-partitioned on several threads), the talk's dense baseline
+sparselin optimized (Hogwild; columns mode on several threads), the talk's dense baseline
 (sparse x dense matmul forward, dense gradient, dense optimizer step over the whole table: our
 own kernel, run on fewer rows since it is slow), the talk's approach A (each batch split by rows
 between threads, gradients summed per id) on several threads, and, when installed, PyTorch

@@ -221,7 +221,7 @@ def _model_options(p):
     p.add_argument("--threads", type=int, default=0, help="worker threads, 0 = all cores (default)")
     p.add_argument("--parallel", default="hogwild", choices=["hogwild", "columns"],
                    help="hogwild: threads train their own batches lock-free; columns: threads split each batch's "
-                        "columns (bit-identical for any --threads)")
+                        "parameters by id (bit-identical for any --threads)")
     p.add_argument("--sparse-width", type=int, default=50)
     p.add_argument("--hidden", default="64,16", help="dense layer sizes, e.g. 64,16 (or 'none')")
     p.add_argument("--l2", type=float, default=0.0)

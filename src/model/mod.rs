@@ -286,7 +286,7 @@ impl Model {
     /// Batch rows `rows` (whose sparse layer output is `r.pre[0]`) through the dense layers
     /// (weights `dense_w`, `dense_b`: plain snapshots), their loss scaled by `inv_batch`, and back
     /// to `r.d_pre[0]`, with the rows' dense-layer gradients in `r.grad_w`, `r.grad_b`. Returns
-    /// the rows' loss total. Column-partitioned training runs it on chunks of a batch.
+    /// the rows' loss total. Columns mode runs it on chunks of a batch.
     pub(crate) fn dense_rows<P: Idx, I: Idx>(
         &self,
         r: DenseRows<'_>,

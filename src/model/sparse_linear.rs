@@ -2,8 +2,6 @@
 //! computed as a gather-sum of W rows (embedding_lookup_sparse), never as a matmul. The backward
 //! pass produces gradients only for the rows present in the batch, summed per distinct id.
 
-use std::ops::Range;
-
 use crate::data::{CsrView, Idx};
 use crate::error::Result;
 use crate::features::Normalizer;
@@ -12,10 +10,6 @@ use crate::optim::{OptimizerKind, Param};
 use crate::rng::hash_to_unit;
 use crate::train::shared::{load, prefetch_slice, rows_ahead};
 use crate::train::SharedF32;
-
-/// Columns per block of the feature-bias gradient in column-partitioned training; threads own
-/// whole blocks.
-pub const COLUMN_BLOCK: usize = 8;
 
 /// How many non-zeros ahead the per-batch row cache and gradient rows are prefetched: a batch's
 /// cache (distinct ids x width) is megabytes, beyond the L2 cache, and visited in slot order.
@@ -193,53 +187,6 @@ impl SparseLinear {
         }
     }
 
-    /// Backward pass for columns `cols` only (column-partitioned training), from `cache` (the
-    /// batch's W rows, slots x width): `grad` (slots x cols) gets dW; `fb_parts` (non-zeros x column blocks of `cols`) gets, per block
-    /// of COLUMN_BLOCK columns, that block's share of each non-zero's feature-bias gradient, so
-    /// that the full sum, added up block by block in a fixed order, does not depend on how
-    /// columns were split between threads; `bias_grad` gets the bias gradient of `cols`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn backward_columns(
-        &self,
-        batch: &PreparedBatch,
-        dh: &[f32],
-        cols: Range<usize>,
-        cache: &[f32],
-        grad: &mut Vec<f32>,
-        fb_parts: &mut Vec<f32>,
-        bias_acc: &mut Vec<f64>,
-        bias_grad: &mut Vec<f32>,
-    ) {
-        let (width, cw) = (self.width, cols.len());
-        let blocks = cw.div_ceil(COLUMN_BLOCK);
-        zeroed(grad, batch.slots.len() * cw);
-        fb_parts.clear();
-        fb_parts.resize(batch.nnz_y.len() * blocks, 0.0);
-        bias_acc.clear();
-        bias_acc.resize(cw, 0.0);
-        let mut start = 0;
-        for (b, &end) in batch.row_end.iter().enumerate() {
-            let dh_row = &dh[b * width + cols.start..b * width + cols.end];
-            for (acc, &d) in bias_acc.iter_mut().zip(dh_row) {
-                *acc += d as f64;
-            }
-            for k in start..end {
-                let slot = batch.nnz_slot[k] as usize;
-                let y = batch.nnz_y[k];
-                for (g, &d) in grad[slot * cw..(slot + 1) * cw].iter_mut().zip(dh_row) {
-                    *g += d * y;
-                }
-                let w_row = &cache[slot * width + cols.start..slot * width + cols.end];
-                for (blk, (w_blk, d_blk)) in w_row.chunks(COLUMN_BLOCK).zip(dh_row.chunks(COLUMN_BLOCK)).enumerate() {
-                    fb_parts[k * blocks + blk] = w_blk.iter().zip(d_blk).map(|(&w, &d)| w * d).sum();
-                }
-            }
-            start = end;
-        }
-        bias_grad.clear();
-        bias_grad.extend(bias_acc.iter().map(|&s| s as f32));
-    }
-
     /// Inference forward of one row into `h` (width).
     #[inline]
     pub fn forward_infer_row<I: Idx>(&self, ids: &[I], values: &[f32], norm: Option<&Normalizer>, bias: &[f32], h: &mut [f32]) {
@@ -263,56 +210,78 @@ impl SparseLinear {
     /// gradient when the optimizer comes to it. That saves writing and re-reading megabytes of
     /// gradient rows scattered by slot, and the feature-bias gradients are summed slot by slot
     /// over the row cache in order. The values are bit for bit those of `backward`. The row
-    /// gradients are then finite without being checked, so when a bound on them (largest
-    /// |dh| times the sum of |y|) does not show it, or for a table of one column, this runs
-    /// `backward` instead.
+    /// gradients are then finite without being checked, so when `row_gradients_bounded` does
+    /// not show it, or for a table of one column, this runs `backward` instead.
     #[inline(never)] // a per-batch call: keeps profiles readable
     pub fn backward_deferred(&self, dh: &[f32], with_feat_bias: bool, ws: &mut Workspace) {
-        // Each partial sum of a row gradient is at most max |dh| times the sum of |y| (plus
-        // rounding) in magnitude. A linear model's rows are single floats: nothing to save.
-        const SAFE: f64 = 1e37;
-        let bounded = || {
-            let max_dh = dh.iter().fold(0.0f32, |m, &d| m.max(d.abs()));
-            let sum_y: f64 = ws.batch.nnz_y.iter().map(|&y| y.abs() as f64).sum();
-            crate::optim::all_finite(dh) && max_dh as f64 * sum_y <= SAFE
-        };
-        if self.width == 1 || !bounded() {
+        // A linear model's rows are single floats: nothing to save.
+        if self.width == 1 || !Self::row_gradients_bounded(dh, &ws.batch.nnz_y) {
             ws.rows_deferred = false;
             return self.backward(dh, with_feat_bias, ws);
         }
         ws.rows_deferred = true;
         let width = self.width;
         Self::bias_gradients(dh, width, with_feat_bias, ws);
-        let batch = &ws.batch;
-        let n_unique = batch.slots.len();
-        ws.by_slot.clear();
-        ws.by_slot.resize(batch.nnz_slot.len(), (0, 0.0));
-        let (by_slot, row_end, nnz_y) = (&mut ws.by_slot, &batch.row_end, &batch.nnz_y);
+        Self::group_nonzeros_by_slot(&ws.batch, &mut ws.by_slot, &mut ws.by_slot_start, &mut ws.by_slot_next);
+        if with_feat_bias {
+            Self::feat_bias_gradients(width, &ws.row_cache, dh, &ws.by_slot, &ws.by_slot_start, 0, &mut ws.grad_feat_bias);
+        }
+        ws.grad_rows.clear();
+    }
+
+    /// Whether every partial sum of every row gradient (`row_gradient`) is surely finite: each
+    /// is at most max |dh| times the sum of |y| (plus rounding) in magnitude.
+    pub(crate) fn row_gradients_bounded(dh: &[f32], nnz_y: &[f32]) -> bool {
+        const SAFE: f64 = 1e37;
+        let max_dh = dh.iter().fold(0.0f32, |m, &d| m.max(d.abs()));
+        let sum_y: f64 = nnz_y.iter().map(|&y| y.abs() as f64).sum();
+        crate::optim::all_finite(dh) && max_dh as f64 * sum_y <= SAFE
+    }
+
+    /// The batch's non-zeros grouped by slot, in batch order within a slot (`group_by_slot`):
+    /// `by_slot` gets each one's batch row and input y, `start` the groups' offsets.
+    pub(crate) fn group_nonzeros_by_slot(batch: &PreparedBatch, by_slot: &mut Vec<(u32, f32)>, start: &mut Vec<u32>, next: &mut Vec<u32>) {
+        by_slot.clear();
+        by_slot.resize(batch.nnz_slot.len(), (0, 0.0));
+        let (row_end, nnz_y) = (&batch.row_end, &batch.nnz_y);
         let mut b = 0;
-        group_by_slot(batch.nnz_slot.iter().map(|&s| s as usize), n_unique, &mut ws.by_slot_start, &mut ws.by_slot_next, |k, at| {
+        group_by_slot(batch.nnz_slot.iter().map(|&s| s as usize), batch.slots.len(), start, next, |k, at| {
             while row_end[b] <= k {
                 b += 1;
             }
             by_slot[at] = (b as u32, nnz_y[k]);
         });
-        let start = &ws.by_slot_start;
-        if with_feat_bias {
-            for (s, (g, w_row)) in ws.grad_feat_bias.iter_mut().zip(ws.row_cache.chunks_exact(width)).enumerate() {
-                let mut sum = 0.0;
-                for &(b, _) in &ws.by_slot[start[s] as usize..start[s + 1] as usize] {
-                    let b = b as usize;
-                    sum += super::dense::dot(w_row, &dh[b * width..(b + 1) * width]);
-                }
-                *g = sum;
+    }
+
+    /// The feature-bias gradients of slots `first_slot..first_slot + out.len()` from the
+    /// grouping (`group_nonzeros_by_slot`): per slot, the sum over its non-zeros in batch order of its W
+    /// row (`cache`, slots x width) dotted with the row's dh, as `backward` sums them.
+    pub(crate) fn feat_bias_gradients(
+        width: usize,
+        cache: &[f32],
+        dh: &[f32],
+        by_slot: &[(u32, f32)],
+        start: &[u32],
+        first_slot: usize,
+        out: &mut [f32],
+    ) {
+        for (g, s) in out.iter_mut().zip(first_slot..) {
+            let group = &by_slot[start[s] as usize..start[s + 1] as usize];
+            let w_row = &cache[s * width..(s + 1) * width];
+            let mut sum = 0.0;
+            if width == 1 {
+                group.iter().for_each(|&(b, _)| sum += w_row[0] * dh[b as usize]);
+            } else {
+                group.iter().for_each(|&(b, _)| sum += super::dense::dot(w_row, &dh[b as usize * width..(b as usize + 1) * width]));
             }
+            *g = sum;
         }
-        ws.grad_rows.clear();
     }
 
     /// The sparse layer's bias gradient (column sums of `dh`, in f64) into `ws.grad_sparse_bias`,
     /// and `ws.grad_feat_bias` zeroed to one entry per slot (none without normalization): what
     /// both backward passes start with.
-    fn bias_gradients(dh: &[f32], width: usize, with_feat_bias: bool, ws: &mut Workspace) {
+    pub(crate) fn bias_gradients(dh: &[f32], width: usize, with_feat_bias: bool, ws: &mut Workspace) {
         zeroed(&mut ws.grad_feat_bias, if with_feat_bias { ws.batch.slots.len() } else { 0 });
         super::dense::column_sums(dh, width, &mut ws.bias_acc);
         ws.grad_sparse_bias.clear();

@@ -139,7 +139,7 @@ pub fn group_by_slot<T>(
 
 /// A batch as the sparse layer sees it (`SparseLinear::prepare`): its distinct ids and, per
 /// non-zero, slot and input. Kept apart from the rest of the workspace so that the next batch can
-/// be prepared while this one runs through the dense layers (column-partitioned training).
+/// be prepared while this one runs through the dense layers (columns mode).
 #[derive(Default)]
 pub struct PreparedBatch {
     pub slots: RowSlots,

@@ -7,8 +7,6 @@ pub mod ftrl;
 pub mod lazy_adam;
 pub mod sgd;
 
-use std::ops::Range;
-
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
@@ -163,7 +161,7 @@ impl Step {
     }
 
     /// Like `apply_rows`, on columns `[col_start, col_start + width)` of rows `stride` long
-    /// (column-partitioned training: each thread updates its own columns).
+    /// (the dense baseline updates its table in slices).
     #[allow(clippy::too_many_arguments)]
     pub fn apply_row_range(
         &self,
@@ -215,33 +213,6 @@ impl Step {
             }
             grad_of(k, grad);
             self.update_run(param, key, row as usize * width, grad, &mut scratch, undo)
-        });
-        undo.fence();
-        ok
-    }
-
-    /// Like `apply_rows` for whole rows `stride` long whose gradients come in column parts
-    /// (see `GradPart`). Each row is updated part after part while it is in cache.
-    pub fn apply_rows_in_parts<'g>(
-        &self,
-        param: &Param,
-        key: u32,
-        rows: &[u64],
-        stride: usize,
-        parts: impl Iterator<Item = GradPart<'g>> + Clone,
-        undo: &mut UndoLog,
-    ) -> bool {
-        let mut scratch = Scratch::default();
-        let ahead_rows = rows_ahead(stride);
-        let ok = rows.iter().enumerate().all(|(k, &row)| {
-            if let Some(&ahead) = rows.get(k + ahead_rows) {
-                param.prefetch(ahead as usize * stride, stride);
-            }
-            parts.clone().all(|part| {
-                let cw = part.cols.len();
-                let start = row as usize * stride + part.cols.start;
-                self.update_run(param, key, start, &part.grads[k * cw..(k + 1) * cw], &mut scratch, undo)
-            })
         });
         undo.fence();
         ok
@@ -337,13 +308,6 @@ pub(crate) fn all_finite(v: &[f32]) -> bool {
 #[inline(always)]
 pub(crate) fn non_finite_bit(x: f32) -> u32 {
     (x.to_bits() & 0x7f80_0000).wrapping_add(0x0080_0000) & 0x8000_0000
-}
-
-/// Columns `cols` of the gradients of a list of rows (rows x `cols.len()`).
-#[derive(Clone)]
-pub struct GradPart<'g> {
-    pub cols: Range<usize>,
-    pub grads: &'g [f32],
 }
 
 /// Elements per chunk of an optimizer update (stack arrays of this size).

@@ -1,17 +1,19 @@
-//! Column-partitioned training (the talk's "approach B"): every thread works on the same batch.
-//! The sparse layer's math is split by output column: each thread computes the gradient of its
-//! own range of columns of W and of the sparse bias, for every row of the batch. The memory
-//! traffic is split by row instead: loading the batch's W rows and writing their updates (W,
-//! feature bias, optimizer state) is divided by ranges of distinct ids, whole rows each, since a
-//! W row of 50 floats is rarely a whole number of cache lines and threads splitting every row by
-//! columns would both miss on the same lines. The next batch is normalized on one thread while
-//! the others run this one (it touches only max_abs, which this step no longer reads; its
-//! feature biases are added at its turn).
+//! Deterministic parallel training (`parallel="columns"`, the talk's "approach B"): every
+//! thread works on the same batch, and the batch's parameters are partitioned between them, so
+//! no two threads write the same memory. The talk splits the sparse layer by output column; here
+//! it is split by row (distinct id) instead: a W row of 50 floats is 200 bytes, rarely a whole
+//! number of cache lines, so threads owning columns would miss on the same lines of every row,
+//! and each would walk all of the batch's rows. Loading the batch's W rows, the feature-bias
+//! gradients and the update of W, the feature bias and their optimizer state are divided by
+//! ranges of distinct ids; the gather-sum and the dense layers by ranges of batch rows. The next
+//! batch is normalized on one thread while the others run this one (it touches only max_abs,
+//! which this step no longer reads; its feature biases are added at its turn).
 //!
-//! No two threads write the same memory, and every float is computed by the same sequence of
-//! operations whatever the thread count (the feature-bias gradient is summed per block of
-//! `COLUMN_BLOCK` columns, blocks added in a fixed order), so a run is bit-for-bit reproducible
-//! for a seed, on 1 thread or 16.
+//! Every float is computed by the same sequence of operations whatever the thread count: a row
+//! gradient or a feature-bias gradient is summed over its id's non-zeros in batch order (the
+//! non-zeros grouped by id, `SparseLinear::group_nonzeros_by_slot`), as a one-thread Hogwild
+//! step sums it, and the dense layers' gradients per fixed chunk of rows, chunks added in order.
+//! So a run is bit-for-bit reproducible for a seed, on 1 thread or 16.
 
 use std::ops::Range;
 
@@ -19,42 +21,24 @@ use rayon::ThreadPool;
 
 use crate::data::Idx;
 use crate::error::{Error, Result};
-use crate::model::sparse_linear::{Prepare, COLUMN_BLOCK};
+use crate::model::sparse_linear::{Prepare, SparseLinear};
 use crate::model::workspace::{resized, zeroed, PreparedBatch, Workspace};
 use crate::model::{Batch, DenseRows, Model};
-use crate::optim::{all_finite as finite, GradPart, UndoLog};
+use crate::optim::{all_finite as finite, UndoLog};
 
 /// Tasks per thread in each parallel phase of a step.
 const TASKS_PER_THREAD: usize = 4;
 
-/// One task's columns and its gradient buffers.
-#[derive(Default)]
-struct ColumnPart {
-    cols: Range<usize>,
-    grad: Vec<f32>,
-    fb_parts: Vec<f32>,
-    bias_acc: Vec<f64>,
-    bias_grad: Vec<f32>,
-    ok: bool,
-}
+/// How many slots ahead a feature bias is prefetched (random entries of a large array).
+const FEAT_BIAS_AHEAD: usize = 16;
 
-/// One task's share of the update: its undo log and whether its rows stayed finite.
+/// One task's share of the update: its undo log, a row gradient's scratch, and whether its
+/// gradients and rows stayed finite.
 #[derive(Default)]
 struct RowWorker {
     undo: UndoLog,
+    grad_row: Vec<f32>,
     ok: bool,
-}
-
-/// Splits `width` columns into at most `parts` ranges of whole blocks.
-pub fn split_columns(width: usize, parts: usize) -> Vec<Range<usize>> {
-    let blocks = width.div_ceil(COLUMN_BLOCK);
-    let t = parts.clamp(1, blocks.max(1));
-    (0..t)
-        .map(|i| {
-            let (b0, b1) = (i * blocks / t, (i + 1) * blocks / t);
-            b0 * COLUMN_BLOCK..(b1 * COLUMN_BLOCK).min(width)
-        })
-        .collect()
 }
 
 /// The `i`-th of `parts` near-equal ranges of `0..n`.
@@ -78,7 +62,7 @@ fn for_each_share<T: Send>(pool: &ThreadPool, buf: &mut [T], unit: usize, tasks:
     });
 }
 
-/// Column-partitioned training of one model through one pass over batches, in order.
+/// Deterministic parallel training of one model through one pass over batches, in order.
 pub struct ColumnTrainer<'m> {
     model: &'m Model,
     ws: Workspace,
@@ -90,27 +74,19 @@ pub struct ColumnTrainer<'m> {
 
 /// The step's buffers beside the workspace.
 struct StepScratch {
-    parts: Vec<ColumnPart>,
     workers: Vec<RowWorker>,
     dense_chunks: Vec<DenseChunk>,
     /// The feature bias of each slot (a batch normalized ahead gets it at its turn).
     fb_of_slot: Vec<f32>,
-    /// Each non-zero's feature-bias gradient, before they are summed per slot.
-    nnz_dy: Vec<f32>,
 }
 
 impl<'m> ColumnTrainer<'m> {
     pub fn new(model: &'m Model, threads: usize) -> Self {
-        let tasks = TASKS_PER_THREAD * threads.max(1);
-        let parts: Vec<ColumnPart> = split_columns(model.config.sparse_width, threads.max(1))
-            .into_iter()
-            .map(|cols| ColumnPart { cols, ..Default::default() })
-            .collect();
-        let workers = (0..tasks).map(|_| RowWorker::default()).collect();
+        let workers = (0..TASKS_PER_THREAD * threads.max(1)).map(|_| RowWorker::default()).collect();
         Self {
             model,
             ws: model.workspace(),
-            scratch: StepScratch { parts, workers, dense_chunks: Vec::new(), fb_of_slot: Vec::new(), nnz_dy: Vec::new() },
+            scratch: StepScratch { workers, dense_chunks: Vec::new(), fb_of_slot: Vec::new() },
             ahead: PreparedBatch::default(),
             ahead_of: None,
         }
@@ -187,9 +163,9 @@ impl<'m> ColumnTrainer<'m> {
     }
 }
 
-/// Forward, backward and update of the prepared batch in `ws`, in tasks of `workers.len()`
-/// ranges of slots, non-zeros or batch rows and `parts.len()` ranges of columns (more tasks than
-/// threads, so that the thread normalizing the next batch finds work left when it is done).
+/// Forward, backward and update of the prepared batch in `ws`, in `workers.len()` tasks per
+/// phase, each on a range of slots, non-zeros or batch rows (more tasks than threads, so that the
+/// thread normalizing the next batch finds work left when it is done).
 fn step_on<P: Idx, I: Idx>(
     model: &Model,
     batch: &Batch<'_, '_, P, I>,
@@ -198,7 +174,7 @@ fn step_on<P: Idx, I: Idx>(
     scratch: &mut StepScratch,
     pool: &ThreadPool,
 ) -> Result<f64> {
-    let StepScratch { parts, workers, dense_chunks: chunks, fb_of_slot, nnz_dy } = scratch;
+    let StepScratch { workers, dense_chunks: chunks, fb_of_slot } = scratch;
     let n = batch.rows.len();
     let (sparse, norm) = (&model.sparse, model.norm.as_ref());
     let width = model.config.sparse_width;
@@ -214,71 +190,93 @@ fn step_on<P: Idx, I: Idx>(
     // A batch normalized ahead gets its feature biases now: gathered per slot, added per input.
     let feat_bias = norm.filter(|_| add_feature_bias).map(|n| &n.feat_bias.values);
     resized(fb_of_slot, if feat_bias.is_some() { n_slots } else { 0 });
-    for_each_share(pool, &mut ws.row_cache, width, tasks, |first, rows| sparse.load_rows(ids, first, rows));
-    if let Some(fb) = feat_bias {
-        for_each_share(pool, fb_of_slot, 1, tasks, |first, out| {
-            out.iter_mut().zip(&ids[first..]).for_each(|(b, &id)| *b = fb.get(id as usize));
+    // One task per range of slots loads their W rows and, if due, their feature biases.
+    {
+        let (mut cache_rest, mut fb_rest) = (&mut ws.row_cache[..], &mut fb_of_slot[..]);
+        pool.scope(|s| {
+            for i in 0..tasks {
+                let slots = share(n_slots, i, tasks);
+                let (rows, more) = std::mem::take(&mut cache_rest).split_at_mut(slots.len() * width);
+                cache_rest = more;
+                let (out, more) = std::mem::take(&mut fb_rest).split_at_mut(if feat_bias.is_some() { slots.len() } else { 0 });
+                fb_rest = more;
+                s.spawn(move |_| {
+                    sparse.load_rows(ids, slots.start, rows);
+                    if let Some(fb) = feat_bias {
+                        let ids = &ids[slots];
+                        for (k, (b, &id)) in out.iter_mut().zip(ids).enumerate() {
+                            if let Some(&ahead) = ids.get(k + FEAT_BIAS_AHEAD) {
+                                fb.prefetch_one(ahead as usize);
+                            }
+                            *b = fb.get(id as usize);
+                        }
+                    }
+                });
+            }
         });
+    }
+    if feat_bias.is_some() {
         let (slot_of, fb_of_slot) = (&ws.batch.nnz_slot, &*fb_of_slot);
         for_each_share(pool, &mut ws.batch.nnz_y, 1, tasks, |first, ys| {
             ys.iter_mut().zip(&slot_of[first..]).for_each(|(y, &slot)| *y += fb_of_slot[slot as usize]);
         });
     }
-    let (prepared, bias, cache) = (&ws.batch, &ws.sparse_bias, &ws.row_cache);
-    for_each_share(pool, &mut ws.pre[0], width, tasks, |first, h| sparse.sum_rows(prepared, bias, cache, first, h));
+    // The gather-sum, and beside it the grouping of the non-zeros by slot for the backward pass
+    // of a table of many columns.
+    {
+        let (prepared, bias, cache) = (&ws.batch, &ws.sparse_bias, &ws.row_cache);
+        let (by_slot, start, next) = (&mut ws.by_slot, &mut ws.by_slot_start, &mut ws.by_slot_next);
+        let h = &mut ws.pre[0];
+        rayon::join(
+            || (width > 1).then(|| SparseLinear::group_nonzeros_by_slot(prepared, by_slot, start, next)),
+            || for_each_share(pool, h, width, tasks, |first, h| sparse.sum_rows(prepared, bias, cache, first, h)),
+        );
+    }
 
     let mean_loss = dense_and_loss(model, batch, ws, chunks, pool).map_err(|e| match e {
         Error::Diverged(why) => Error::Diverged(format!("{why}; the previous update was undone")),
         other => other,
     })?;
 
-    // Backward, by columns.
+    // Backward. For a linear model, the plain pass on this thread: one float per non-zero is
+    // less work than grouping the non-zeros for threads. Otherwise by ranges of slots: each
+    // slot's feature-bias gradient, and its row gradient unless it is summed during the update
+    // (bounded gradients).
     let with_feat_bias = norm.is_some();
-    {
-        let ws: &Workspace = ws;
-        let dh = &ws.d_pre[0];
+    let dh = std::mem::take(&mut ws.d_pre[0]);
+    let deferred = width > 1 && SparseLinear::row_gradients_bounded(&dh, &ws.batch.nnz_y);
+    let sparse_finite = if width == 1 {
+        sparse.backward(&dh, with_feat_bias, ws);
+        finite(&ws.grad_rows) && finite(&ws.grad_feat_bias)
+    } else {
+        SparseLinear::bias_gradients(&dh, width, with_feat_bias, ws);
+        resized(&mut ws.grad_rows, if deferred { 0 } else { n_slots * width });
+        let (cache, by_slot, start) = (&ws.row_cache, &ws.by_slot, &ws.by_slot_start);
+        let (dh, mut fb_rest, mut rows_rest) = (&dh[..], &mut ws.grad_feat_bias[..], &mut ws.grad_rows[..]);
         pool.scope(|s| {
-            for p in parts.iter_mut() {
+            for (i, w) in workers.iter_mut().enumerate() {
+                let slots = share(n_slots, i, tasks);
+                let (fb, more) = std::mem::take(&mut fb_rest).split_at_mut(if with_feat_bias { slots.len() } else { 0 });
+                fb_rest = more;
+                let (rows, more) = std::mem::take(&mut rows_rest).split_at_mut(if deferred { 0 } else { slots.len() * width });
+                rows_rest = more;
                 s.spawn(move |_| {
-                    sparse.backward_columns(
-                        &ws.batch,
-                        dh,
-                        p.cols.clone(),
-                        &ws.row_cache,
-                        &mut p.grad,
-                        &mut p.fb_parts,
-                        &mut p.bias_acc,
-                        &mut p.bias_grad,
-                    );
-                    p.ok = finite(&p.grad) && finite(&p.bias_grad) && finite(&p.fb_parts);
+                    SparseLinear::feat_bias_gradients(width, cache, dh, by_slot, start, slots.start, fb);
+                    for (out, s) in rows.chunks_exact_mut(width).zip(slots.start..) {
+                        SparseLinear::row_gradient(dh, by_slot, start, s, out);
+                    }
+                    w.ok = finite(fb) && finite(rows);
                 });
             }
         });
-    }
-    // Feature-bias gradient: per non-zero, the blocks' shares in column order.
-    // Each non-zero's sum in parallel, then the sums per slot, in non-zero order.
-    zeroed(&mut ws.grad_feat_bias, if with_feat_bias { ws.batch.slots.len() } else { 0 });
-    if with_feat_bias {
-        let nnz = ws.batch.nnz_y.len();
-        resized(nnz_dy, nnz);
-        let parts: &[ColumnPart] = parts;
-        for_each_share(pool, nnz_dy, 1, tasks, |first, dys| {
-            for (dy, k) in dys.iter_mut().zip(first..) {
-                *dy = parts.iter().fold(0.0f32, |acc, part| {
-                    let blocks = part.cols.len().div_ceil(COLUMN_BLOCK);
-                    part.fb_parts[k * blocks..(k + 1) * blocks].iter().fold(acc, |acc, &v| acc + v)
-                });
-            }
-        });
-        for (&dy, &slot) in nnz_dy.iter().zip(&ws.batch.nnz_slot) {
-            ws.grad_feat_bias[slot as usize] += dy;
-        }
-    }
-    if !(parts.iter().all(|p| p.ok)
-        && finite(&ws.grad_feat_bias)
+        workers.iter().all(|w| w.ok)
+    };
+    if !(sparse_finite
+        && finite(&ws.grad_sparse_bias)
         && ws.grad_dense_w.iter().all(|g| finite(g))
         && ws.grad_dense_b.iter().all(|g| finite(g)))
     {
+        ws.d_pre[0] = dh;
         return Err(Error::Diverged("a gradient is not finite; the previous update was undone".into()));
     }
 
@@ -288,28 +286,28 @@ fn step_on<P: Idx, I: Idx>(
     let step = model.config.optimizer.step(t);
     {
         let ids = &ws.batch.slots.ids;
-        let (parts, fb_grads) = (&*parts, &ws.grad_feat_bias);
+        let (by_slot, start, grad_rows, fb_grads, dh) = (&ws.by_slot, &ws.by_slot_start, &ws.grad_rows, &ws.grad_feat_bias, &dh[..]);
         pool.scope(|s| {
             for (i, w) in workers.iter_mut().enumerate() {
                 s.spawn(move |_| {
                     let slots = share(ids.len(), i, tasks);
-                    let grads = parts.iter().map(|p| {
-                        let cw = p.cols.len();
-                        GradPart { cols: p.cols.clone(), grads: &p.grad[slots.start * cw..slots.end * cw] }
-                    });
-                    w.undo.clear();
                     let rows = &ids[slots.clone()];
-                    w.ok = step.apply_rows_in_parts(&sparse.weight, 0, rows, width, grads, &mut w.undo)
-                        && norm.is_none_or(|n| step.apply_rows(&n.feat_bias, 1, rows, 1, &fb_grads[slots], &mut w.undo));
+                    w.undo.clear();
+                    w.ok = if deferred {
+                        w.grad_row.resize(width, 0.0);
+                        step.apply_rows_with(&sparse.weight, 0, rows, width, &mut w.grad_row, &mut w.undo, |k, g| {
+                            SparseLinear::row_gradient(dh, by_slot, start, slots.start + k, g)
+                        })
+                    } else {
+                        step.apply_rows(&sparse.weight, 0, rows, width, &grad_rows[slots.start * width..slots.end * width], &mut w.undo)
+                    };
+                    w.ok = w.ok && norm.is_none_or(|n| step.apply_rows(&n.feat_bias, 1, rows, 1, &fb_grads[slots], &mut w.undo));
                 });
             }
         });
     }
+    ws.d_pre[0] = dh;
     ws.undo.clear();
-    ws.grad_sparse_bias.clear();
-    for p in parts.iter() {
-        ws.grad_sparse_bias.extend_from_slice(&p.bias_grad);
-    }
     let mut ok = workers.iter().all(|w| w.ok) && step.apply_rows(&sparse.bias, 2, &[0], width, &ws.grad_sparse_bias, &mut ws.undo);
     for (l, layer) in model.dense.iter().enumerate() {
         let key = 3 + 2 * l as u32;

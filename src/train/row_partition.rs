@@ -1,7 +1,7 @@
 //! The talk's "approach A", for `sparselin bench`: every batch is split by rows between the
 //! threads, each computes the gradients of its slice, the slices' gradients are summed per id
 //! (the reduction approach B avoids), and one update is applied, split by ranges of ids. The
-//! comparison it exists for: column-partitioned training (`Parallel::Columns`) against this.
+//! comparison it exists for: columns mode (`Parallel::Columns`) against this.
 //! Never used for real training.
 
 use std::sync::atomic::Ordering::Relaxed;

@@ -39,8 +39,8 @@ pub enum Parallel {
     /// Each thread trains its own batches on the shared weights, lock-free.
     #[default]
     Hogwild,
-    /// All threads work on each batch, each owning a range of the sparse layer's columns:
-    /// bit-for-bit reproducible whatever the thread count.
+    /// All threads work on each batch, each owning part of its parameters (the batch's W rows
+    /// by ranges of ids; see `columns.rs`): bit-for-bit reproducible whatever the thread count.
     Columns,
 }
 
@@ -139,7 +139,7 @@ impl EpochState {
 
 /// One worker: takes batches until `end_batch` or until someone asked to stop, training each
 /// with `train_batch(index, batch)` (Hogwild: the model's own step; columns: the
-/// column-partitioned step).
+/// partitioned step of `columns.rs`).
 #[allow(clippy::too_many_arguments)]
 fn work<P: Idx, I: Idx>(
     data: &TrainData<'_, P, I>,
@@ -360,6 +360,54 @@ mod tests {
         }
     }
 
+    /// Columns mode computes every float of a linear model as one Hogwild thread does (the
+    /// dense layers are what it sums in chunks), so the two train the same model, bit for bit.
+    #[test]
+    fn columns_mode_trains_a_linear_model_as_one_hogwild_thread() {
+        let day = make_ctr(&CtrSpec { n_rows: 1500, n_features: 1 << 12, seed: 6, ..Default::default() }).unwrap().remove(0);
+        let x = day.matrix.view().unwrap();
+        for kind in [OptimizerKind::LazyAdam, OptimizerKind::Sgd] {
+            let fitted = [(Parallel::Hogwild, 1), (Parallel::Columns, 2), (Parallel::Columns, 3)].map(|(parallel, threads)| {
+                let m = Model::new(ModelConfig {
+                    sparse_width: 1,
+                    head: Head::Linear,
+                    optimizer: OptimizerConfig { kind, learning_rate: 0.05, l1: 0.0, l2: 0.0 },
+                    ..model().config.clone()
+                })
+                .unwrap();
+                let data = TrainData::new(x, &day.labels, None, &m).unwrap();
+                let options = FitOptions { epochs: 2, batch_size: 100, threads, parallel, ..Default::default() };
+                fit(&m, &data, &options, &mut |_| Ok(())).unwrap();
+                m
+            });
+            assert_same_tensors(&fitted[0], &fitted[1]);
+            assert_same_tensors(&fitted[0], &fitted[2]);
+        }
+    }
+
+    /// With dense weights so large that the bound on the sparse row gradients fails, columns
+    /// mode computes those gradients before the update instead of during it: still the same
+    /// model for any thread count, and finite.
+    #[test]
+    fn columns_mode_with_unbounded_row_gradients_is_still_bit_identical() {
+        let day = make_ctr(&CtrSpec { n_rows: 600, n_features: 1 << 12, seed: 7, ..Default::default() }).unwrap().remove(0);
+        let x = day.matrix.view().unwrap();
+        let fitted = [1, 2, 3].map(|threads| {
+            let optimizer = OptimizerConfig { kind: OptimizerKind::Sgd, learning_rate: 0.01, l1: 0.0, l2: 0.0 };
+            let m = Model::new(ModelConfig { sparse_width: 20, optimizer, ..model().config.clone() }).unwrap();
+            for layer in &m.dense {
+                layer.weight.values.scale(1e18);
+            }
+            let data = TrainData::new(x, &day.labels, None, &m).unwrap();
+            let options = FitOptions { epochs: 1, batch_size: 200, threads, parallel: Parallel::Columns, ..Default::default() };
+            fit(&m, &data, &options, &mut |_| Ok(())).unwrap();
+            m
+        });
+        assert!(fitted[0].tensors().iter().all(|(_, _, t)| t.to_vec().iter().all(|v| v.is_finite())));
+        assert_same_tensors(&fitted[0], &fitted[1]);
+        assert_same_tensors(&fitted[0], &fitted[2]);
+    }
+
     fn assert_same_tensors(a: &Model, b: &Model) {
         for ((name, _, x), (_, _, y)) in a.tensors().into_iter().zip(b.tensors()) {
             assert_eq!(x.to_vec(), y.to_vec(), "{name}");
@@ -373,7 +421,7 @@ mod tests {
         }
     }
 
-    /// A stopped column-partitioned fit leaves no trace of the batch it had normalized ahead:
+    /// A stopped columns-mode fit leaves no trace of the batch it had normalized ahead:
     /// the model equals one trained on exactly the batches before the stop.
     #[test]
     fn a_stop_undoes_the_batch_prepared_ahead() {
