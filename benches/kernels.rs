@@ -119,18 +119,19 @@ fn kernels(c: &mut Criterion) {
     // Roofline: the gather-sum on a plain f32 table, one W row per non-zero, no dedup.
     let plain_w: Vec<f32> = (0..N_FEATURES * WIDTH).map(|i| (i % 13) as f32 * 1e-3).collect();
     let mut h = vec![0.0f32; BATCH * WIDTH];
+    let nnz_ids: Vec<Vec<u64>> = prepared.iter().map(|p| p.nnz_slot.iter().map(|&s| p.slots.ids[s as usize]).collect()).collect();
     g.bench_function("roofline: plain gather-sum", |b| {
         b.iter(|| {
             k = (k + 1) % BATCHES;
-            let p = &prepared[k];
+            let (p, ids) = (&prepared[k], &nnz_ids[k]);
             let mut start = 0;
             for (h_row, &end) in h.chunks_exact_mut(WIDTH).zip(&p.row_end) {
                 h_row.fill(0.0);
                 for j in start..end {
-                    if let Some(&ahead) = p.nnz_ids.get(j + rows_ahead(WIDTH)) {
+                    if let Some(&ahead) = ids.get(j + rows_ahead(WIDTH)) {
                         prefetch_slice(&plain_w[ahead as usize * WIDTH..(ahead as usize + 1) * WIDTH]);
                     }
-                    let id = p.nnz_ids[j] as usize;
+                    let id = ids[j] as usize;
                     let y = p.nnz_y[j];
                     for (hv, &w) in h_row.iter_mut().zip(&plain_w[id * WIDTH..(id + 1) * WIDTH]) {
                         *hv += w * y;

@@ -5,7 +5,7 @@
 use crate::data::{CsrView, Idx};
 use crate::error::Result;
 use crate::features::Normalizer;
-use crate::model::workspace::{group_by_slot, resized, zeroed, PreparedBatch, Workspace};
+use crate::model::workspace::{group_by_slot, resized, zeroed, PreparedBatch, RowSlots, Workspace};
 use crate::optim::{OptimizerKind, Param};
 use crate::rng::hash_to_unit;
 use crate::train::shared::{load, prefetch_slice, rows_ahead};
@@ -74,13 +74,26 @@ impl SparseLinear {
         mode: Prepare,
         batch: &mut PreparedBatch,
     ) {
-        // The batch's ids in order, so the loop below can prefetch the normalization state of
-        // the id PREFETCH_DISTANCE non-zeros ahead (random entries of large arrays).
-        const PREFETCH_DISTANCE: usize = 64;
         // Rows ROW_AHEAD ahead have their ids and values prefetched, twice that ahead their
         // row pointer: the rows of a shuffled batch are scattered over the whole matrix.
         const ROW_AHEAD: usize = 4;
-        batch.nnz_ids.clear();
+        batch.slots.reset();
+        batch.nnz_slot.clear();
+        batch.nnz_y.clear();
+        batch.row_end.clear();
+        batch.raised.clear();
+        // The normalization state and dedup cell of each id of the next row are prefetched
+        // while this row runs, id j of the next row beside id j of this one (random entries of
+        // large arrays, about a row ahead).
+        let prefetch_state = |slots: &RowSlots, id: usize| {
+            slots.prefetch(id as u64);
+            if let Some(n) = norm {
+                n.max_abs.prefetch_one(id);
+                if mode == Prepare::Now {
+                    n.feat_bias.values.prefetch_one(id);
+                }
+            }
+        };
         for (i, &r) in rows.iter().enumerate() {
             if let Some(&far) = rows.get(i + 2 * ROW_AHEAD) {
                 x.prefetch_row_pointer(far as usize);
@@ -88,27 +101,12 @@ impl SparseLinear {
             if let Some(&ahead) = rows.get(i + ROW_AHEAD) {
                 x.prefetch_row(ahead as usize);
             }
-            batch.nnz_ids.extend(x.row(r as usize).0.iter().map(|id| id.as_usize() as u64));
-        }
-        batch.slots.reset();
-        batch.nnz_slot.clear();
-        batch.nnz_y.clear();
-        batch.row_end.clear();
-        batch.raised.clear();
-        let mut k = 0;
-        for &r in rows {
             let (ids, values) = x.row(r as usize);
-            for (&id, &v) in ids.iter().zip(values) {
-                if let Some(&ahead) = batch.nnz_ids.get(k + PREFETCH_DISTANCE) {
-                    batch.slots.prefetch(ahead);
-                    if let Some(n) = norm {
-                        n.max_abs.prefetch_one(ahead as usize);
-                        if mode == Prepare::Now {
-                            n.feat_bias.values.prefetch_one(ahead as usize);
-                        }
-                    }
+            let next_ids = rows.get(i + 1).map_or(&[][..], |&r| x.row(r as usize).0);
+            for (j, (&id, &v)) in ids.iter().zip(values).enumerate() {
+                if let Some(&ahead) = next_ids.get(j) {
+                    prefetch_state(&batch.slots, ahead.as_usize());
                 }
-                k += 1;
                 let id = id.as_usize();
                 let y = match (norm, mode) {
                     (Some(n), Prepare::Now) => n.train_value(id, v),
@@ -123,6 +121,9 @@ impl SparseLinear {
                 };
                 batch.nnz_slot.push(batch.slots.slot_of(id as u64).0);
                 batch.nnz_y.push(y);
+            }
+            for &ahead in next_ids.get(ids.len()..).unwrap_or(&[]) {
+                prefetch_state(&batch.slots, ahead.as_usize());
             }
             batch.row_end.push(batch.nnz_y.len());
         }

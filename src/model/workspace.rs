@@ -162,8 +162,7 @@ pub fn group_by_slot<T>(
 #[derive(Default)]
 pub struct PreparedBatch {
     pub slots: RowSlots,
-    /// Per non-zero of the batch, in batch order: its id, its slot and the sparse layer input y.
-    pub nnz_ids: Vec<u64>,
+    /// Per non-zero of the batch, in batch order: its slot and the sparse layer input y.
     pub nnz_slot: Vec<u32>,
     pub nnz_y: Vec<f32>,
     /// End offset (into nnz_*) of each batch row.
