@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use sparselin::data::synthetic::{make_ctr, CtrSpec};
-use sparselin::data::Task;
+use sparselin::data::{CsrView, Task};
 use sparselin::model::{Head, Model, ModelConfig};
 use sparselin::optim::{OptimizerConfig, OptimizerKind};
 use sparselin::train::row_partition::fit_row_partitioned;
@@ -21,7 +21,10 @@ fn main() {
         _ => Parallel::Hogwild,
     };
     let day = make_ctr(&CtrSpec { n_rows: rows, n_features: 1 << 20, seed: 0, ..Default::default() }).unwrap().remove(0);
-    let x = day.matrix.view().unwrap();
+    // 32-bit row pointers and ids, as scipy.sparse gives them to the Python API.
+    let indptr: Vec<i32> = day.matrix.indptr.iter().map(|&p| p as i32).collect();
+    let indices: Vec<i32> = day.matrix.indices.iter().map(|&i| i as i32).collect();
+    let x = CsrView::new(&indptr, &indices, &day.matrix.values, 1 << 20).unwrap();
     println!(
         "make_ctr rows={rows} nnz/row={:.1} threads={threads} parallel={}",
         x.nnz() as f64 / rows as f64,
