@@ -255,8 +255,9 @@ impl SparseLinear {
     }
 
     /// The feature-bias gradients of slots `first_slot..first_slot + out.len()` from the
-    /// grouping (`group_nonzeros_by_slot`): per slot, the sum over its non-zeros in batch order of its W
-    /// row (`cache`, slots x width) dotted with the row's dh, as `backward` sums them.
+    /// grouping (`group_nonzeros_by_slot`): per slot, the sum over its non-zeros in batch order
+    /// of its W row (`cache`, slots x width) dotted with the non-zero's row of dh, as `backward`
+    /// sums them.
     pub(crate) fn feat_bias_gradients(
         width: usize,
         cache: &[f32],

@@ -9,7 +9,7 @@
 /// 512-row batch's table stays within the L2 cache. Cleared by visiting only the used cells.
 ///
 /// A cell is 8 bytes: the id's low 32 bits and the slot (16-byte cells, with the whole id, made
-/// the table of a 512-row batch 1 MB and the linear model's step 6-7% slower). Ids of 32 bits
+/// the table of a 512-row batch 1 MB and the linear model's step 4-6% slower). Ids of 32 bits
 /// or more are matched against `ids` in full, once any has been seen.
 pub struct RowSlots {
     cells: Vec<Cell>,
