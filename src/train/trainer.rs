@@ -366,12 +366,14 @@ mod tests {
     fn columns_mode_trains_a_linear_model_as_one_hogwild_thread() {
         let day = make_ctr(&CtrSpec { n_rows: 1500, n_features: 1 << 12, seed: 6, ..Default::default() }).unwrap().remove(0);
         let x = day.matrix.view().unwrap();
-        for kind in [OptimizerKind::LazyAdam, OptimizerKind::Sgd] {
+        let kinds = [OptimizerKind::LazyAdam, OptimizerKind::Sgd, OptimizerKind::Adagrad, OptimizerKind::Ftrl];
+        for (kind, l2) in kinds.into_iter().flat_map(|k| [(k, 0.0), (k, 1e-3)]) {
+            let l1 = if kind == OptimizerKind::Ftrl { l2 } else { 0.0 };
             let fitted = [(Parallel::Hogwild, 1), (Parallel::Columns, 2), (Parallel::Columns, 3)].map(|(parallel, threads)| {
                 let m = Model::new(ModelConfig {
                     sparse_width: 1,
                     head: Head::Linear,
-                    optimizer: OptimizerConfig { kind, learning_rate: 0.05, l1: 0.0, l2: 0.0 },
+                    optimizer: OptimizerConfig { kind, learning_rate: 0.05, l1, l2 },
                     ..model().config.clone()
                 })
                 .unwrap();
