@@ -129,6 +129,64 @@ impl SparseLinear {
         }
     }
 
+    /// The forward pass of a linear model without deduplication, for a step whose update is
+    /// applied per non-zero (`Step::apply_sgd_per_occurrence`): per non-zero, its input y
+    /// (normalized as `prepare` does) into `ws.batch.nnz_y`, its id into `ws.nonzero_ids` and
+    /// its weight into `ws.nonzero_w`; the row ends into `ws.batch.row_end`; each row's output
+    /// into `ws.pre[0]`. Weights are read once per non-zero: a linear model's weight is one float,
+    /// as cheap to read again as to look up in a table of distinct ids.
+    pub fn forward_per_nonzero<P: Idx, I: Idx>(&self, x: &CsrView<'_, P, I>, rows: &[u32], norm: Option<&Normalizer>, ws: &mut Workspace) {
+        debug_assert_eq!(self.width, 1);
+        // As in `prepare`: batch rows prefetched 4 ahead (row pointers 8 ahead), the state of
+        // the next row's ids beside this row's.
+        const ROW_AHEAD: usize = 4;
+        let weight = &self.weight.values;
+        let bias = self.bias.values.get(0);
+        let batch = &mut ws.batch;
+        batch.nnz_y.clear();
+        batch.row_end.clear();
+        ws.nonzero_ids.clear();
+        ws.nonzero_w.clear();
+        let h = &mut ws.pre[0];
+        h.clear();
+        for (i, &r) in rows.iter().enumerate() {
+            if let Some(&far) = rows.get(i + 2 * ROW_AHEAD) {
+                x.prefetch_row_pointer(far as usize);
+            }
+            if let Some(&ahead) = rows.get(i + ROW_AHEAD) {
+                x.prefetch_row(ahead as usize);
+            }
+            let (ids, values) = x.row(r as usize);
+            let next_ids = rows.get(i + 1).map_or(&[][..], |&r| x.row(r as usize).0);
+            let prefetch = |id: usize| {
+                weight.prefetch_one(id);
+                if let Some(n) = norm {
+                    n.max_abs.prefetch_one(id);
+                    n.feat_bias.values.prefetch_one(id);
+                }
+            };
+            let mut sum = bias;
+            for (j, (&id, &v)) in ids.iter().zip(values).enumerate() {
+                if let Some(&ahead) = next_ids.get(j) {
+                    prefetch(ahead.as_usize());
+                }
+                let id = id.as_usize();
+                let y = match norm {
+                    Some(n) => n.train_value(id, v),
+                    None => v,
+                };
+                let w = weight.get(id);
+                sum += w * y;
+                batch.nnz_y.push(y);
+                ws.nonzero_ids.push(id as u64);
+                ws.nonzero_w.push(w);
+            }
+            next_ids.get(ids.len()..).unwrap_or(&[]).iter().for_each(|&ahead| prefetch(ahead.as_usize()));
+            h.push(sum);
+            batch.row_end.push(batch.nnz_y.len());
+        }
+    }
+
     /// Forgets a batch prepared with `Prepare::Ahead` that will not be trained: puts back the
     /// max_abs values it raised.
     pub fn unprepare(norm: Option<&Normalizer>, batch: &mut PreparedBatch) {

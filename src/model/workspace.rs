@@ -202,6 +202,15 @@ pub struct Workspace {
     pub by_slot_next: Vec<u32>,
     /// One row gradient (`rows_deferred`).
     pub grad_row: Vec<f32>,
+    /// Set by a fit on one thread: no other thread of the fit writes the model, so a linear
+    /// model's SGD step may update its weights once per non-zero (`Model::updates_per_nonzero`);
+    /// between threads, those repeated writes of hot weights bounce cache lines (2 threads ran at
+    /// half the speed of one).
+    pub sole_writer: bool,
+    /// A linear model's SGD step without deduplication (`SparseLinear::forward_per_nonzero`):
+    /// each non-zero's feature id and weight, in batch order.
+    pub nonzero_ids: Vec<u64>,
+    pub nonzero_w: Vec<f32>,
     pub grad_feat_bias: Vec<f32>,
     pub grad_sparse_bias: Vec<f32>,
     pub grad_dense_w: Vec<Vec<f32>>,

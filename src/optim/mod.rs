@@ -218,6 +218,44 @@ impl Step {
         ok
     }
 
+    /// Whether `apply_sgd_per_occurrence` is this step's update: plain SGD without l2, whose
+    /// change to a weight is linear in its gradient.
+    pub fn per_occurrence(&self) -> bool {
+        self.kind == OptimizerKind::Sgd && self.l2 == 0.0
+    }
+
+    /// Plain SGD on elements `ids` of `param`, an element once per occurrence (ids may repeat),
+    /// occurrence k with gradient `grad_of(k)` (k in order). Each one is applied as it comes
+    /// (`w -= lr * g`), so an
+    /// element gets the update of its summed gradient without the gradient being summed per
+    /// element first (the same math as `apply_rows` on the sums; only the rounding differs).
+    /// Only for a step with `per_occurrence()`. Old values are logged to `undo` (tagged `key`);
+    /// returns false, storing nothing more, as soon as a value would not be finite.
+    pub fn apply_sgd_per_occurrence(
+        &self,
+        param: &Param,
+        key: u32,
+        ids: &[u64],
+        mut grad_of: impl FnMut(usize) -> f32,
+        undo: &mut UndoLog,
+    ) -> bool {
+        debug_assert!(self.per_occurrence() && param.slots.is_empty());
+        let at = undo.begin_scalars(ids.len());
+        let ok = ids.iter().enumerate().all(|(k, &id)| {
+            let i = id as usize;
+            let old = param.values.get(i);
+            undo.scalar(id, [old, 0.0, 0.0]);
+            let mut w = [old];
+            if !sgd::update(&mut w, &[grad_of(k)], self.learning_rate, 0.0) {
+                return false;
+            }
+            param.values.set(i, w[0]);
+            true
+        });
+        undo.end_scalars(key, at);
+        ok
+    }
+
     /// `apply_rows` for rows of one element (the logistic regression's weights, feature biases):
     /// the same update element by element, without the chunk machinery a wide row needs.
     fn apply_scalar_rows(&self, param: &Param, key: u32, rows: &[u64], grads: &[f32], undo: &mut UndoLog) -> bool {
@@ -508,7 +546,9 @@ impl UndoLog {
             let tensors = || std::iter::once(&param.values).chain(&param.slots).enumerate();
             let parts = 1 + param.slots.len();
             if e.layout == Layout::Scalars {
-                for element in self.values[e.at..e.at + SCALAR_FLOATS * e.len].chunks_exact(SCALAR_FLOATS) {
+                // Newest first, so that an element logged twice (`apply_sgd_per_occurrence`)
+                // ends with its oldest value.
+                for element in self.values[e.at..e.at + SCALAR_FLOATS * e.len].chunks_exact(SCALAR_FLOATS).rev() {
                     let index = element[0].to_bits() as usize | (element[1].to_bits() as usize) << 32;
                     tensors().for_each(|(k, t)| t.set(index, element[2 + k]));
                 }
@@ -649,6 +689,29 @@ mod tests {
             undo.restore(|_| &p);
             assert!(snapshot(&p) == before, "width {width}, bad at {bad_at}");
         }
+    }
+
+    #[test]
+    fn per_occurrence_sgd_is_undone_exactly() {
+        // Ids repeat within the run: the log restores newest first, so each ends with the value
+        // it had before the first of its updates.
+        let config = OptimizerConfig { kind: OptimizerKind::Sgd, learning_rate: 0.1, l1: 0.0, l2: 0.0 };
+        let p = Param::new(SharedF32::from_fn(10, |i| i as f32 * 0.25 - 1.0).unwrap(), vec![10], OptimizerKind::Sgd, true).unwrap();
+        let before = snapshot(&p);
+        let mut undo = UndoLog::default();
+        let ids = [3u64, 7, 3, 3, 0, 7, 9];
+        let step = config.step(1);
+        assert!(step.per_occurrence());
+        assert!(step.apply_sgd_per_occurrence(&p, 0, &ids, |k| k as f32 + 1.0, &mut undo));
+        assert_eq!(p.values.get(3), before[0][3] - 0.1 * 1.0 - 0.1 * 3.0 - 0.1 * 4.0);
+        undo.restore(|_| &p);
+        assert!(snapshot(&p) == before);
+        // A value that would not be finite stops the run before it is stored.
+        let mut undo = UndoLog::default();
+        assert!(!step.apply_sgd_per_occurrence(&p, 0, &ids, |k| if k == 3 { f32::INFINITY } else { 1.0 }, &mut undo));
+        assert_eq!(p.values.get(3), before[0][3] - 0.1 - 0.1);
+        undo.restore(|_| &p);
+        assert!(snapshot(&p) == before);
     }
 
     #[test]

@@ -261,6 +261,7 @@ pub fn fit<P: Idx, I: Idx>(
                     Ok(())
                 };
                 let mut ws = model.workspace();
+                ws.sole_writer = true;
                 work(data, &order, options.batch_size, end_batch, &state, |_, b| model.train_batch(b, &mut ws), &mut tick);
             }
             Some(pool) => {
@@ -326,6 +327,7 @@ mod tests {
     use super::*;
     use crate::data::synthetic::{make_ctr, CtrSpec};
     use crate::data::Task;
+    use crate::model::workspace::Workspace;
     use crate::model::{Head, ModelConfig};
     use crate::optim::{OptimizerConfig, OptimizerKind};
 
@@ -361,7 +363,9 @@ mod tests {
     }
 
     /// Columns mode computes every float of a linear model as one Hogwild thread does (the
-    /// dense layers are what it sums in chunks), so the two train the same model, bit for bit.
+    /// dense layers are what it sums in chunks), so the two train the same model, bit for bit;
+    /// except plain SGD without l2, which Hogwild applies per non-zero instead of per id (the
+    /// same update, rounded differently).
     #[test]
     fn columns_mode_trains_a_linear_model_as_one_hogwild_thread() {
         let day = make_ctr(&CtrSpec { n_rows: 1500, n_features: 1 << 12, seed: 6, ..Default::default() }).unwrap().remove(0);
@@ -382,8 +386,12 @@ mod tests {
                 fit(&m, &data, &options, &mut |_| Ok(())).unwrap();
                 m
             });
-            assert_same_tensors(&fitted[0], &fitted[1]);
-            assert_same_tensors(&fitted[0], &fitted[2]);
+            if fitted[0].updates_per_nonzero(&Workspace { sole_writer: true, ..fitted[0].workspace() }) {
+                assert_close_tensors(&fitted[0], &fitted[1], 1e-4);
+            } else {
+                assert_same_tensors(&fitted[0], &fitted[1]);
+            }
+            assert_same_tensors(&fitted[1], &fitted[2]);
         }
     }
 
@@ -408,6 +416,14 @@ mod tests {
         assert!(fitted[0].tensors().iter().all(|(_, _, t)| t.to_vec().iter().all(|v| v.is_finite())));
         assert_same_tensors(&fitted[0], &fitted[1]);
         assert_same_tensors(&fitted[0], &fitted[2]);
+    }
+
+    fn assert_close_tensors(a: &Model, b: &Model, tolerance: f32) {
+        for ((name, _, x), (_, _, y)) in a.tensors().into_iter().zip(b.tensors()) {
+            let (x, y) = (x.to_vec(), y.to_vec());
+            let worst = x.iter().zip(&y).map(|(p, q)| (p - q).abs() / (1.0 + q.abs())).fold(0.0f32, f32::max);
+            assert!(worst <= tolerance, "{name}: {worst}");
+        }
     }
 
     fn assert_same_tensors(a: &Model, b: &Model) {
