@@ -410,12 +410,11 @@ impl Model {
 
     /// Whether `train_batch` skips the deduplication of the batch's ids: a linear model trained
     /// with plain SGD and no l2, by the fit's only thread (`Workspace::sole_writer`). SGD's
-    /// change to a weight is linear in its gradient, so each
-    /// non-zero's share of its weight's and feature bias's gradient can be applied as it comes
-    /// (`Step::apply_sgd_per_occurrence`): the update of the per-id sums, rounded differently,
-    /// without the table of distinct ids, the row cache and the sums, which were about half of
-    /// such a step (LR sgd, 1 thread, batch 512: ~650k -> ~1.1M samples/s). Columns mode keeps
-    /// the per-id sums, whose order it fixes.
+    /// change to a weight is linear in its gradient, so each non-zero's share of its weight's
+    /// and feature bias's gradient can be applied as it comes (`Step::apply_sgd_per_occurrence`):
+    /// the update of the per-id sums, rounded differently, without the table of distinct ids,
+    /// the row cache and the sums (LR sgd, 1 thread, batch 512: ~650k -> ~950k samples/s in the
+    /// Rust bench). Columns mode keeps the per-id sums, whose order it fixes.
     pub fn updates_per_nonzero(&self, ws: &Workspace) -> bool {
         ws.sole_writer && self.config.head == Head::Linear && self.config.optimizer.step(1).per_occurrence()
     }
@@ -444,7 +443,7 @@ impl Model {
         ws.undo.clear();
         let t = self.step.fetch_add(1, Relaxed) + 1;
         let step = self.config.optimizer.step(t);
-        let (dh, row_end, ys, ws_w) = (&ws.d_pre[0], &ws.batch.row_end, &ws.batch.nnz_y, &ws.nonzero_w);
+        let (dh, row_end, ys, weights) = (&ws.d_pre[0], &ws.batch.row_end, &ws.batch.nnz_y, &ws.nonzero_w);
         // Non-zero k's row of dh; k comes in increasing order.
         let dh_of = || {
             let mut b = 0;
@@ -461,7 +460,7 @@ impl Model {
         let mut ok = step.apply_sgd_per_occurrence(&self.sparse.weight, 0, ids, |k| d(k) * ys[k], undo);
         if let Some(norm) = &self.norm {
             let mut d = dh_of();
-            ok = ok && step.apply_sgd_per_occurrence(&norm.feat_bias, 1, ids, |k| ws_w[k] * d(k), undo);
+            ok = ok && step.apply_sgd_per_occurrence(&norm.feat_bias, 1, ids, |k| weights[k] * d(k), undo);
         }
         ok = ok && step.apply_rows(&self.sparse.bias, 2, &[0], 1, &ws.grad_sparse_bias, undo);
         if !ok {
