@@ -5,11 +5,49 @@
 use crate::data::{CsrView, Idx};
 use crate::error::Result;
 use crate::features::Normalizer;
-use crate::model::workspace::{group_by_slot, resized, zeroed, PreparedBatch, RowSlots, Workspace};
+use crate::model::workspace::{group_by_slot, resized, zeroed, PreparedBatch, Workspace};
 use crate::optim::{OptimizerKind, Param};
 use crate::rng::hash_to_unit;
 use crate::train::shared::{load, prefetch_slice, rows_ahead};
 use crate::train::SharedF32;
+
+/// Visits the non-zeros of batch rows `rows` of `x` in batch order (`visit(state, id, value)`,
+/// then `row_done(state)` after each row), prefetching as it goes: rows ROW_AHEAD ahead have
+/// their ids and values prefetched and twice that ahead their row pointer (the rows of a shuffled
+/// batch are scattered over the whole matrix), and `prefetch(state, id)` is called for each id
+/// of the next row while this row runs, id j of the next row beside id j of this one (for the
+/// random entries of large arrays the visit will read, about a row ahead).
+#[inline(always)]
+fn walk_batch<P: Idx, I: Idx, S>(
+    x: &CsrView<'_, P, I>,
+    rows: &[u32],
+    state: &mut S,
+    prefetch: impl Fn(&S, usize),
+    mut visit: impl FnMut(&mut S, usize, f32),
+    mut row_done: impl FnMut(&mut S),
+) {
+    const ROW_AHEAD: usize = 4;
+    for (i, &r) in rows.iter().enumerate() {
+        if let Some(&far) = rows.get(i + 2 * ROW_AHEAD) {
+            x.prefetch_row_pointer(far as usize);
+        }
+        if let Some(&ahead) = rows.get(i + ROW_AHEAD) {
+            x.prefetch_row(ahead as usize);
+        }
+        let (ids, values) = x.row(r as usize);
+        let next_ids = rows.get(i + 1).map_or(&[][..], |&r| x.row(r as usize).0);
+        for (j, (&id, &v)) in ids.iter().zip(values).enumerate() {
+            if let Some(&ahead) = next_ids.get(j) {
+                prefetch(state, ahead.as_usize());
+            }
+            visit(state, id.as_usize(), v);
+        }
+        for &ahead in next_ids.get(ids.len()..).unwrap_or(&[]) {
+            prefetch(state, ahead.as_usize());
+        }
+        row_done(state);
+    }
+}
 
 /// How many non-zeros ahead the per-batch row cache and gradient rows are prefetched: a batch's
 /// cache (distinct ids x width) is megabytes, beyond the L2 cache, and visited in slot order.
@@ -74,19 +112,13 @@ impl SparseLinear {
         mode: Prepare,
         batch: &mut PreparedBatch,
     ) {
-        // Rows ROW_AHEAD ahead have their ids and values prefetched, twice that ahead their
-        // row pointer: the rows of a shuffled batch are scattered over the whole matrix.
-        const ROW_AHEAD: usize = 4;
         batch.slots.reset();
         batch.nnz_slot.clear();
         batch.nnz_y.clear();
         batch.row_end.clear();
         batch.raised.clear();
-        // The normalization state and dedup cell of each id of the next row are prefetched
-        // while this row runs, id j of the next row beside id j of this one (random entries of
-        // large arrays, about a row ahead).
-        let prefetch_state = |slots: &RowSlots, id: usize| {
-            slots.prefetch(id as u64);
+        let prefetch_state = |batch: &PreparedBatch, id: usize| {
+            batch.slots.prefetch(id as u64);
             if let Some(n) = norm {
                 n.max_abs.prefetch_one(id);
                 if mode == Prepare::Now {
@@ -94,97 +126,64 @@ impl SparseLinear {
                 }
             }
         };
-        for (i, &r) in rows.iter().enumerate() {
-            if let Some(&far) = rows.get(i + 2 * ROW_AHEAD) {
-                x.prefetch_row_pointer(far as usize);
-            }
-            if let Some(&ahead) = rows.get(i + ROW_AHEAD) {
-                x.prefetch_row(ahead as usize);
-            }
-            let (ids, values) = x.row(r as usize);
-            let next_ids = rows.get(i + 1).map_or(&[][..], |&r| x.row(r as usize).0);
-            for (j, (&id, &v)) in ids.iter().zip(values).enumerate() {
-                if let Some(&ahead) = next_ids.get(j) {
-                    prefetch_state(&batch.slots, ahead.as_usize());
-                }
-                let id = id.as_usize();
-                let y = match (norm, mode) {
-                    (Some(n), Prepare::Now) => n.train_value(id, v),
-                    (Some(n), Prepare::Ahead) => {
-                        let (old, scale) = n.max_abs.raise(id, v.abs());
-                        if scale != old {
-                            batch.raised.push((id, old));
-                        }
-                        Normalizer::scaled(v, scale)
+        let visit = |batch: &mut PreparedBatch, id: usize, v: f32| {
+            let y = match (norm, mode) {
+                (Some(n), Prepare::Now) => n.train_value(id, v),
+                (Some(n), Prepare::Ahead) => {
+                    let (old, scale) = n.max_abs.raise(id, v.abs());
+                    if scale != old {
+                        batch.raised.push((id, old));
                     }
-                    (None, _) => v,
-                };
-                batch.nnz_slot.push(batch.slots.slot_of(id as u64).0);
-                batch.nnz_y.push(y);
-            }
-            for &ahead in next_ids.get(ids.len()..).unwrap_or(&[]) {
-                prefetch_state(&batch.slots, ahead.as_usize());
-            }
-            batch.row_end.push(batch.nnz_y.len());
-        }
+                    Normalizer::scaled(v, scale)
+                }
+                (None, _) => v,
+            };
+            batch.nnz_slot.push(batch.slots.slot_of(id as u64).0);
+            batch.nnz_y.push(y);
+        };
+        walk_batch(x, rows, batch, prefetch_state, visit, |batch| batch.row_end.push(batch.nnz_y.len()));
     }
 
     /// The forward pass of a linear model without deduplication, for a step whose update is
-    /// applied per non-zero (`Step::apply_sgd_per_occurrence`): per non-zero, its input y
+    /// applied per non-zero (`Model::updates_per_nonzero`): per non-zero, its input y
     /// (normalized as `prepare` does) into `ws.batch.nnz_y`, its id into `ws.nonzero_ids` and
     /// its weight into `ws.nonzero_w`; the row ends into `ws.batch.row_end`; each row's output
     /// into `ws.pre[0]`. Weights are read once per non-zero: a linear model's weight is one float,
     /// as cheap to read again as to look up in a table of distinct ids.
     pub fn forward_per_nonzero<P: Idx, I: Idx>(&self, x: &CsrView<'_, P, I>, rows: &[u32], norm: Option<&Normalizer>, ws: &mut Workspace) {
         debug_assert_eq!(self.width, 1);
-        // As in `prepare`: batch rows prefetched 4 ahead (row pointers 8 ahead), the state of
-        // the next row's ids beside this row's.
-        const ROW_AHEAD: usize = 4;
         let weight = &self.weight.values;
         let bias = self.bias.values.get(0);
-        let batch = &mut ws.batch;
-        batch.nnz_y.clear();
-        batch.row_end.clear();
+        ws.batch.nnz_y.clear();
+        ws.batch.row_end.clear();
         ws.nonzero_ids.clear();
         ws.nonzero_w.clear();
-        let h = &mut ws.pre[0];
-        h.clear();
-        for (i, &r) in rows.iter().enumerate() {
-            if let Some(&far) = rows.get(i + 2 * ROW_AHEAD) {
-                x.prefetch_row_pointer(far as usize);
+        ws.pre[0].clear();
+        let prefetch_state = |_: &Workspace, id: usize| {
+            weight.prefetch_one(id);
+            if let Some(n) = norm {
+                n.max_abs.prefetch_one(id);
+                n.feat_bias.values.prefetch_one(id);
             }
-            if let Some(&ahead) = rows.get(i + ROW_AHEAD) {
-                x.prefetch_row(ahead as usize);
-            }
-            let (ids, values) = x.row(r as usize);
-            let next_ids = rows.get(i + 1).map_or(&[][..], |&r| x.row(r as usize).0);
-            let prefetch = |id: usize| {
-                weight.prefetch_one(id);
-                if let Some(n) = norm {
-                    n.max_abs.prefetch_one(id);
-                    n.feat_bias.values.prefetch_one(id);
-                }
+        };
+        // The row's sum is read and restarted through a cell shared by both closures.
+        let sum = std::cell::Cell::new(bias);
+        let visit = |ws: &mut Workspace, id: usize, v: f32| {
+            let y = match norm {
+                Some(n) => n.train_value(id, v),
+                None => v,
             };
-            let mut sum = bias;
-            for (j, (&id, &v)) in ids.iter().zip(values).enumerate() {
-                if let Some(&ahead) = next_ids.get(j) {
-                    prefetch(ahead.as_usize());
-                }
-                let id = id.as_usize();
-                let y = match norm {
-                    Some(n) => n.train_value(id, v),
-                    None => v,
-                };
-                let w = weight.get(id);
-                sum += w * y;
-                batch.nnz_y.push(y);
-                ws.nonzero_ids.push(id as u64);
-                ws.nonzero_w.push(w);
-            }
-            next_ids.get(ids.len()..).unwrap_or(&[]).iter().for_each(|&ahead| prefetch(ahead.as_usize()));
-            h.push(sum);
-            batch.row_end.push(batch.nnz_y.len());
-        }
+            let w = weight.get(id);
+            sum.set(sum.get() + w * y);
+            ws.batch.nnz_y.push(y);
+            ws.nonzero_ids.push(id as u64);
+            ws.nonzero_w.push(w);
+        };
+        let row_done = |ws: &mut Workspace| {
+            ws.pre[0].push(sum.replace(bias));
+            ws.batch.row_end.push(ws.batch.nnz_y.len());
+        };
+        walk_batch(x, rows, ws, prefetch_state, visit, row_done);
     }
 
     /// Forgets a batch prepared with `Prepare::Ahead` that will not be trained: puts back the

@@ -154,8 +154,9 @@ impl Step {
     /// (`rows = [0]`, `width = len` for a dense tensor). Each chunk of a row is loaded from the
     /// shared buffers into stack arrays, updated with vectorizable plain math, and stored back;
     /// rows a few steps ahead are prefetched, since the touched rows of a large table are
-    /// scattered and mostly not in cache. The old values go to `undo` (tagged `key`). Returns
-    /// false, storing nothing more, as soon as an update would make a value non-finite.
+    /// scattered and mostly not in cache. A row listed twice is updated twice, in turn. The old
+    /// values go to `undo` (tagged `key`; it restores a row listed twice to its first old value).
+    /// Returns false, storing nothing more, as soon as an update would make a value non-finite.
     pub fn apply_rows(&self, param: &Param, key: u32, rows: &[u64], width: usize, grads: &[f32], undo: &mut UndoLog) -> bool {
         self.apply_row_range(param, key, rows, width, 0, width, grads, undo)
     }
@@ -218,42 +219,11 @@ impl Step {
         ok
     }
 
-    /// Whether `apply_sgd_per_occurrence` is this step's update: plain SGD without l2, whose
-    /// change to a weight is linear in its gradient.
+    /// Whether this step's change to a weight is linear in its gradient (plain SGD without l2),
+    /// so that `apply_rows` with a row listed once per occurrence of its gradient's terms is the
+    /// update of their sum (rounded differently).
     pub fn per_occurrence(&self) -> bool {
         self.kind == OptimizerKind::Sgd && self.l2 == 0.0
-    }
-
-    /// Plain SGD on elements `ids` of `param`, an element once per occurrence (ids may repeat),
-    /// occurrence k with gradient `grad_of(k)` (k in order). Each one is applied as it comes
-    /// (`w -= lr * g`), so an
-    /// element gets the update of its summed gradient without the gradient being summed per
-    /// element first (the same math as `apply_rows` on the sums; only the rounding differs).
-    /// Only for a step with `per_occurrence()`. Old values are logged to `undo` (tagged `key`);
-    /// returns false, storing nothing more, as soon as a value would not be finite.
-    pub fn apply_sgd_per_occurrence(
-        &self,
-        param: &Param,
-        key: u32,
-        ids: &[u64],
-        mut grad_of: impl FnMut(usize) -> f32,
-        undo: &mut UndoLog,
-    ) -> bool {
-        debug_assert!(self.per_occurrence() && param.slots.is_empty());
-        let at = undo.begin_scalars(ids.len());
-        let ok = ids.iter().enumerate().all(|(k, &id)| {
-            let i = id as usize;
-            let old = param.values.get(i);
-            undo.scalar(id, [old, 0.0, 0.0]);
-            let mut w = [old];
-            if !sgd::update(&mut w, &[grad_of(k)], self.learning_rate, 0.0) {
-                return false;
-            }
-            param.values.set(i, w[0]);
-            true
-        });
-        undo.end_scalars(key, at);
-        ok
     }
 
     /// `apply_rows` for rows of one element (the logistic regression's weights, feature biases):
@@ -546,8 +516,8 @@ impl UndoLog {
             let tensors = || std::iter::once(&param.values).chain(&param.slots).enumerate();
             let parts = 1 + param.slots.len();
             if e.layout == Layout::Scalars {
-                // Newest first, so that an element logged twice (`apply_sgd_per_occurrence`)
-                // ends with its oldest value.
+                // Newest first, so that an element logged twice (a row listed twice, as a linear
+                // model's per-non-zero SGD step lists them) ends with its oldest value.
                 for element in self.values[e.at..e.at + SCALAR_FLOATS * e.len].chunks_exact(SCALAR_FLOATS).rev() {
                     let index = element[0].to_bits() as usize | (element[1].to_bits() as usize) << 32;
                     tensors().for_each(|(k, t)| t.set(index, element[2 + k]));
@@ -702,13 +672,13 @@ mod tests {
         let ids = [3u64, 7, 3, 3, 0, 7, 9];
         let step = config.step(1);
         assert!(step.per_occurrence());
-        assert!(step.apply_sgd_per_occurrence(&p, 0, &ids, |k| k as f32 + 1.0, &mut undo));
+        assert!(step.apply_rows(&p, 0, &ids, 1, &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0], &mut undo));
         assert_eq!(p.values.get(3), before[0][3] - 0.1 * 1.0 - 0.1 * 3.0 - 0.1 * 4.0);
         undo.restore(|_| &p);
         assert!(snapshot(&p) == before);
         // A value that would not be finite stops the run before it is stored.
         let mut undo = UndoLog::default();
-        assert!(!step.apply_sgd_per_occurrence(&p, 0, &ids, |k| if k == 3 { f32::INFINITY } else { 1.0 }, &mut undo));
+        assert!(!step.apply_rows(&p, 0, &ids, 1, &[1.0, 1.0, 1.0, f32::INFINITY, 1.0, 1.0, 1.0], &mut undo));
         assert_eq!(p.values.get(3), before[0][3] - 0.1 - 0.1);
         undo.restore(|_| &p);
         assert!(snapshot(&p) == before);
