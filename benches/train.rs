@@ -14,13 +14,24 @@ fn main() {
     let rows: usize = std::env::var("BENCH_ROWS").ok().and_then(|s| s.parse().ok()).unwrap_or(200_000);
     let threads: usize = std::env::var("BENCH_THREADS").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
     // BENCH_PARALLEL: hogwild (default), columns, or rows (the talk's approach A, bench only).
-    // BENCH_NONORM: train without the per-feature normalization (to see what it costs).
+    // BENCH_NONORM: train without the per-feature normalization (to see what it costs), on values
+    // scaled by their feature's max |value|.
     let row_partitioned = std::env::var("BENCH_PARALLEL").as_deref() == Ok("rows");
     let parallel = match std::env::var("BENCH_PARALLEL").as_deref() {
         Ok("columns") => Parallel::Columns,
         _ => Parallel::Hogwild,
     };
-    let day = make_ctr(&CtrSpec { n_rows: rows, n_features: 1 << 20, seed: 0, ..Default::default() }).unwrap().remove(0);
+    let mut day = make_ctr(&CtrSpec { n_rows: rows, n_features: 1 << 20, seed: 0, ..Default::default() }).unwrap().remove(0);
+    if std::env::var("BENCH_NONORM").is_ok() {
+        // Without normalization, train on max-abs scaled values, as the Python bench's peers do.
+        let mut scale = vec![0.0f32; 1 << 20];
+        for (&id, &v) in day.matrix.indices.iter().zip(&day.matrix.values) {
+            scale[id as usize] = scale[id as usize].max(v.abs());
+        }
+        for (&id, v) in day.matrix.indices.iter().zip(day.matrix.values.iter_mut()) {
+            *v /= scale[id as usize];
+        }
+    }
     // 32-bit row pointers and ids, as scipy.sparse gives them to the Python API.
     let indptr: Vec<i32> = day.matrix.indptr.iter().map(|&p| p as i32).collect();
     let indices: Vec<i32> = day.matrix.indices.iter().map(|&i| i as i32).collect();

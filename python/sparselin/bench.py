@@ -3,7 +3,8 @@ the same data (make_ctr, Twitter-like), the same threads and the same batch size
 
 Each cell is the median samples/s over ``--repeats`` epochs from a fresh model (training time
 of the epoch, data in memory) with the test logloss / AUC of the last run beside it. Rows:
-sparselin optimized (Hogwild; columns mode on several threads), the talk's dense baseline
+sparselin optimized (Hogwild; columns mode on several threads; and with ``normalize=False`` on the
+peers' scaled rows, the same input and work as theirs), the talk's dense baseline
 (sparse x dense matmul forward, dense gradient, dense optimizer step over the whole table: our
 own kernel, run on fewer rows since it is slow), the talk's approach A (each batch split by rows
 between threads, gradients summed per id) on several threads, and, when installed, PyTorch
@@ -32,6 +33,8 @@ from .datasets import make_ctr
 from .estimators import SparseLogisticRegression, SparseMLPClassifier
 
 N_FEATURES = 2**20
+# sparselin trained as the peers are: on their max-abs scaled rows, without online normalization.
+NO_NORM = "sparselin normalize=False (peers' scaled input)"
 
 
 def _quality(y, p):
@@ -48,6 +51,13 @@ class Data:
         np.maximum.at(scale, self.X.indices, np.abs(self.X.data))
         scale[scale == 0] = 1.0
         self.scale = scale
+        self._scaled = None
+
+    def scaled_pair(self):
+        """The training and test rows max-abs scaled as the peers get them (computed once)."""
+        if self._scaled is None:
+            self._scaled = self.scaled(self.X), self.scaled(self.Xt)
+        return self._scaled
 
     def scaled(self, X):
         Xs = X.copy()
@@ -55,17 +65,20 @@ class Data:
         return Xs
 
 
-def bench_sparselin(data, model, batch, threads, parallel, optimizer, repeats):
+def bench_sparselin(data, model, batch, threads, parallel, optimizer, repeats, normalize=True):
+    """``normalize=False`` trains without online normalization on the peers' scaled rows: the
+    same input and the same work as theirs."""
+    X, Xt = (data.X, data.Xt) if normalize else data.scaled_pair()
     rates = []
     for _ in range(repeats):
         kw = dict(n_features=N_FEATURES, batch_size=batch, threads=threads, parallel=parallel, optimizer=optimizer,
-                  random_state=0)
+                  normalize=normalize, random_state=0)
         if optimizer == "sgd":
             kw["learning_rate"] = 0.5 if model == "LR" else 0.05
         clf = (SparseLogisticRegression if model == "LR" else SparseMLPClassifier)(**kw)
-        clf.fit(data.X, data.y)
-        rates.append(data.X.shape[0] / clf.history_[-1]["seconds"])
-    return statistics.median(rates), _quality(data.yt, clf.predict_proba(data.Xt)[:, 1])
+        clf.fit(X, data.y)
+        rates.append(X.shape[0] / clf.history_[-1]["seconds"])
+    return statistics.median(rates), _quality(data.yt, clf.predict_proba(Xt)[:, 1])
 
 
 def bench_baseline(data, model, batch, threads, rows):
@@ -98,7 +111,7 @@ def bench_row_partitioned(data, model, batch, threads, repeats):
 def bench_torch(data, model, batch, threads, repeats):
     import torch
     torch.set_num_threads(threads)
-    Xs, Xts = data.scaled(data.X), data.scaled(data.Xt)
+    Xs, Xts = data.scaled_pair()
 
     def make():
         torch.manual_seed(0)
@@ -156,7 +169,7 @@ def bench_tensorflow(data, model, batch_sizes, threads, repeats, workdir):
     batch size."""
     path = os.path.join(workdir, "tf_data.npz")
     if not os.path.exists(path):
-        Xs, Xts = data.scaled(data.X), data.scaled(data.Xt)
+        Xs, Xts = data.scaled_pair()
         np.savez(path, indptr=Xs.indptr, indices=Xs.indices, values=Xs.data, y=data.y, t_indptr=Xts.indptr,
                  t_indices=Xts.indices, t_values=Xts.data, t_y=data.yt)
     out = os.path.join(workdir, f"tf_{model}_{threads}.npz")
@@ -270,7 +283,7 @@ def bench_sklearn(data, repeats):
     import warnings
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import SGDClassifier
-    Xs, Xts = data.scaled(data.X), data.scaled(data.Xt)
+    Xs, Xts = data.scaled_pair()
     rates = []
     for r in range(repeats):
         clf = SGDClassifier(loss="log_loss", max_iter=1, tol=None, random_state=r, alpha=1e-6)
@@ -284,7 +297,7 @@ def bench_sklearn(data, repeats):
 
 def bench_vw(data, repeats):
     from vowpalwabbit import Workspace
-    Xs, Xts = data.scaled(data.X), data.scaled(data.Xt)
+    Xs, Xts = data.scaled_pair()
     with tempfile.TemporaryDirectory() as d:
         def write(path, X, y):
             with open(path, "w") as f:
@@ -391,10 +404,18 @@ def main(argv=None):
             if threads > 1:
                 row("row-partitioned batches (talk's approach A)", model, "lazy_adam", threads,
                     [bench_row_partitioned(data, model, b, threads, args.repeats) for b in batches])
+        for threads in thread_list:
+            row(NO_NORM, model, "lazy_adam", threads,
+                [bench_sparselin(data, model, b, threads, "hogwild", "lazy_adam", args.repeats, normalize=False)
+                 for b in batches])
         if model == "LR":
             for threads in thread_list:
                 row("sparselin", "LR", "sgd", threads,
                     [bench_sparselin(data, "LR", b, threads, "hogwild", "sgd", args.repeats) for b in batches])
+            for threads in thread_list:
+                row(NO_NORM, "LR", "sgd", threads,
+                    [bench_sparselin(data, "LR", b, threads, "hogwild", "sgd", args.repeats, normalize=False)
+                     for b in batches])
         for threads in thread_list:
             row(f"dense baseline ({args.baseline_rows:,} rows)", model, "adam", threads,
                 [bench_baseline(data, model, b, threads, args.baseline_rows) for b in batches])
