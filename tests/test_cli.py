@@ -82,3 +82,24 @@ def test_train_with_discretize_then_eval(real_data, tmp_path):
     assert auc > 0.69, r.stdout
     r = run("eval", str(model), str(real_data / "criteo_kaggle_8k.tsv"), "--bits", "18")
     assert r.returncode == 0 and "AUC" in r.stdout, r.stderr
+
+
+def test_bench_writes_every_sparselin_row(tmp_path):
+    # A tiny run without peers: the table has each sparselin row, including sparselin trained
+    # like the peers (normalize=False on their scaled rows), with a rate and a quality per cell.
+    md = tmp_path / "bench.md"
+    r = run("bench", "--rows", "3000", "--test-rows", "1000", "--repeats", "1", "--batch-sizes", "512",
+            "--threads", "2", "--baseline-rows", "1024", "--no-peers", "--md", str(md))
+    assert r.returncode == 0, r.stderr
+    rows = [line for line in md.read_text().splitlines() if line.startswith("| sparselin")]
+    systems = {tuple(c.strip() for c in line.split("|")[1:5]) for line in rows}
+    no_norm = "sparselin normalize=False (peers' scaled input)"
+    for model, opt in (("LR", "lazy_adam"), ("LR", "sgd"), ("MLP", "lazy_adam")):
+        for threads in ("1", "2"):
+            assert ("sparselin", model, opt, threads) in systems, systems
+            assert (no_norm, model, opt, threads) in systems, systems
+    for line in rows:
+        rate, quality = line.split("|")[5].split(" (")
+        assert float(rate.replace(",", "")) > 0
+        logloss, auc = (float(v) for v in quality.rstrip(") ").split(" / "))
+        assert 0 < logloss < 10 and 0 <= auc <= 1
