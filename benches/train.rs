@@ -29,7 +29,10 @@ fn main() {
             scale[id as usize] = scale[id as usize].max(v.abs());
         }
         for (&id, v) in day.matrix.indices.iter().zip(day.matrix.values.iter_mut()) {
-            *v /= scale[id as usize];
+            // A feature whose values are all 0 keeps them (0 / 0 would be NaN).
+            if scale[id as usize] > 0.0 {
+                *v /= scale[id as usize];
+            }
         }
     }
     // 32-bit row pointers and ids, as scipy.sparse gives them to the Python API.
