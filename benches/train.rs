@@ -58,7 +58,7 @@ fn main() {
     };
     for (name, optimizer, batch_size) in cases {
         let (head, width, lr) = match name.as_str() {
-            "LR" => (Head::Linear, 1, if optimizer == "sgd" { 0.5 } else { 0.01 }),
+            "LR" => (Head::Linear, 1, if optimizer == "sgd" { 0.25 } else { 0.01 }),
             _ => (Head::Mlp { hidden: vec![64, 16] }, 50, 0.001),
         };
         {

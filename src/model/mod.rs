@@ -3,6 +3,7 @@
 //! are shared atomics, so any number of threads may train or predict at once (Hogwild).
 
 pub mod dense;
+pub mod hot_ids;
 pub mod loss;
 pub mod sparse_linear;
 pub mod workspace;
@@ -19,6 +20,7 @@ use crate::invalid;
 use crate::optim::{OptimizerConfig, OptimizerKind, Param};
 use crate::train::SharedF32;
 use dense::Dense;
+use hot_ids::HotIds;
 use sparse_linear::SparseLinear;
 use workspace::{zeroed, Workspace};
 
@@ -415,8 +417,18 @@ impl Model {
     /// the update of the per-id sums, rounded differently, without the table of distinct ids,
     /// the row cache and the sums (LR sgd, 1 thread, batch 512: ~650k -> ~950k samples/s in the
     /// Rust bench). Columns mode keeps the per-id sums, whose order it fixes.
+    ///
+    /// Hogwild threads take it too when their workspace holds hot ids (`hot_ids::HotIds`):
+    /// those are summed per batch and updated once, the others per non-zero.
     pub fn updates_per_nonzero(&self, ws: &Workspace) -> bool {
-        ws.sole_writer && self.config.head == Head::Linear && self.config.optimizer.step(1).per_occurrence()
+        (ws.sole_writer || ws.hot_ids.is_some()) && self.config.head == Head::Linear && self.config.optimizer.step(1).per_occurrence()
+    }
+
+    /// The hot ids for Hogwild threads training this model on `x` (`Workspace::hot_ids`): only a
+    /// linear model with plain SGD updates per non-zero.
+    pub fn hot_ids<P: Idx, I: Idx>(&self, x: &CsrView<'_, P, I>) -> Option<std::sync::Arc<HotIds>> {
+        let per_nonzero = self.config.head == Head::Linear && self.config.optimizer.step(1).per_occurrence();
+        per_nonzero.then(|| HotIds::sample(x)).flatten().map(std::sync::Arc::new)
     }
 
     /// The forward pass and loss of `updates_per_nonzero` training; leaves what the update needs
@@ -453,6 +465,9 @@ impl Model {
                 ws.grad_feat_bias.extend(ws.nonzero_w[start..end].iter().map(|&w| w * d));
             }
             start = end;
+        }
+        if let Some(hot) = ws.hot_ids.clone() {
+            sum_hot_ids(&hot, self.norm.is_some(), ws);
         }
         // Rows listed once per occurrence: plain SGD applies each in turn.
         let (ids, undo) = (&ws.nonzero_ids, &mut ws.undo);
@@ -576,6 +591,46 @@ impl Model {
     }
 }
 
+/// Moves the hot ids' terms out of a per-non-zero update list (`ws.nonzero_ids` with
+/// `ws.grad_rows` and, if `with_feat_bias`, `ws.grad_feat_bias`) and appends each hot id once,
+/// with the sum of its terms in batch order; the other ids keep their order. Hot ids whose terms
+/// sum to zero are left out: plain SGD would not change them.
+fn sum_hot_ids(hot: &HotIds, with_feat_bias: bool, ws: &mut Workspace) {
+    let n_hot = hot.len();
+    // Rare ids add their terms to a spare sum (`HotIds::sum_index`) instead of branching.
+    zeroed(&mut ws.hot_grad, n_hot + 8);
+    zeroed(&mut ws.hot_grad_feat_bias, n_hot + 8);
+    let Workspace { nonzero_ids: ids, grad_rows, grad_feat_bias, hot_grad, hot_grad_feat_bias, .. } = ws;
+    let mut kept = 0;
+    for k in 0..ids.len() {
+        let id = ids[k];
+        let sum = hot.sum_index(id, k);
+        let g = grad_rows[k];
+        hot_grad[sum] += g;
+        ids[kept] = id;
+        grad_rows[kept] = g;
+        if with_feat_bias {
+            let gb = grad_feat_bias[k];
+            hot_grad_feat_bias[sum] += gb;
+            grad_feat_bias[kept] = gb;
+        }
+        kept += (sum >= n_hot) as usize;
+    }
+    ids.truncate(kept);
+    grad_rows.truncate(kept);
+    grad_feat_bias.truncate(if with_feat_bias { kept } else { 0 });
+    for (i, &id) in hot.ids().iter().enumerate() {
+        let (g, gb) = (hot_grad[i], hot_grad_feat_bias[i]);
+        if g != 0.0 || gb != 0.0 {
+            ids.push(id);
+            grad_rows.push(g);
+            if with_feat_bias {
+                grad_feat_bias.push(gb);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -650,30 +705,52 @@ mod tests {
     #[test]
     fn linear_sgd_per_nonzero_is_the_per_id_update() {
         // A fit's only thread updates a linear model's weights and feature biases once per
-        // non-zero; otherwise per distinct id. Same math, so the same model up to rounding, with
-        // and without normalization and sample weights (make_ctr's hot ids repeat in a batch).
+        // non-zero; Hogwild threads do so too, but sum the terms of hot ids over the batch;
+        // otherwise per distinct id. Same math, so the same model up to rounding, with and
+        // without normalization and sample weights (make_ctr's hot ids repeat in a batch).
         let data = make_ctr(&CtrSpec { n_rows: 900, n_features: 1 << 10, seed: 8, ..Default::default() }).unwrap();
         let x = data[0].matrix.view().unwrap();
         let weights: Vec<f32> = (0..900).map(|i| 0.5 + (i % 3) as f32).collect();
+        // The 40 most frequent ids, and ids never seen.
+        let mut counts = vec![(0usize, 0u64); 1 << 10];
+        for &id in &data[0].matrix.indices {
+            counts[id as usize] = (counts[id as usize].0 + 1, id as u64);
+        }
+        counts.sort_unstable_by(|a, b| b.cmp(a));
+        assert!(counts[39].0 > 100, "{:?}", counts[39]);
+        let hot = HotIds::new(counts[..40].iter().map(|&(_, id)| id).chain([5000, 6000])).map(std::sync::Arc::new);
         for (normalize, sample_weights) in [(true, None), (false, None), (true, Some(&weights[..]))] {
             let mut cfg = ModelConfig { normalize, ..config(Head::Linear, 1, OptimizerKind::Sgd) };
             cfg.optimizer.learning_rate = if normalize { 0.1 } else { 1e-7 };
-            let (per_nonzero, per_id) = (Model::new(cfg.clone()).unwrap(), Model::new(cfg).unwrap());
+            let [per_nonzero, with_hot, per_id] = [0; 3].map(|_| Model::new(cfg.clone()).unwrap());
             let mut ws_n = Workspace { sole_writer: true, ..per_nonzero.workspace() };
+            let mut ws_h = Workspace { hot_ids: hot.clone(), ..with_hot.workspace() };
             let mut ws_i = per_id.workspace();
             let rows: Vec<u32> = (0..900).rev().collect();
             for chunk in rows.chunks(128) {
                 let batch = Batch { x: &x, rows: chunk, targets: &data[0].labels, weights: sample_weights };
-                let loss_n = per_nonzero.train_batch(&batch, &mut ws_n).unwrap();
                 let loss_i = per_id.train_batch(&batch, &mut ws_i).unwrap();
-                assert!((loss_n - loss_i).abs() <= 1e-5 * loss_i.abs(), "{loss_n} {loss_i}");
+                for (model, ws) in [(&per_nonzero, &mut ws_n), (&with_hot, &mut ws_h)] {
+                    let loss = model.train_batch(&batch, ws).unwrap();
+                    assert!((loss - loss_i).abs() <= 1e-5 * loss_i.abs(), "{loss} {loss_i}");
+                }
+                // Each hot id is updated once, after the rare ids.
+                let hot_listed: Vec<u64> =
+                    ws_h.nonzero_ids.iter().copied().filter(|&id| hot.as_ref().unwrap().index_of(id) != hot_ids::NOT_HOT).collect();
+                let mut distinct = hot_listed.clone();
+                distinct.sort_unstable();
+                distinct.dedup();
+                assert!(distinct.len() == hot_listed.len() && hot_listed.len() >= 10, "{hot_listed:?}");
+                assert_eq!(&ws_h.nonzero_ids[ws_h.nonzero_ids.len() - hot_listed.len()..], &hot_listed[..]);
             }
-            assert!(!ws_n.nonzero_ids.is_empty() && ws_i.nonzero_ids.is_empty());
-            for ((name, _, a), (_, _, b)) in per_nonzero.tensors().into_iter().zip(per_id.tensors()) {
-                let (a, b) = (a.to_vec(), b.to_vec());
-                assert!(a.iter().any(|&v| v != 0.0) || name == "norm.max_abs" || !normalize, "{name} never trained");
-                let worst = a.iter().zip(&b).map(|(p, q)| (p - q).abs() / (1e-3 + q.abs())).fold(0.0f32, f32::max);
-                assert!(worst < 1e-4, "{name} normalize={normalize}: {worst}");
+            assert!(!ws_n.nonzero_ids.is_empty() && !ws_h.nonzero_ids.is_empty() && ws_i.nonzero_ids.is_empty());
+            for model in [&per_nonzero, &with_hot] {
+                for ((name, _, a), (_, _, b)) in model.tensors().into_iter().zip(per_id.tensors()) {
+                    let (a, b) = (a.to_vec(), b.to_vec());
+                    assert!(a.iter().any(|&v| v != 0.0) || name == "norm.max_abs" || !normalize, "{name} never trained");
+                    let worst = a.iter().zip(&b).map(|(p, q)| (p - q).abs() / (1e-3 + q.abs())).fold(0.0f32, f32::max);
+                    assert!(worst < 1e-4, "{name} normalize={normalize}: {worst}");
+                }
             }
         }
     }
@@ -707,20 +784,24 @@ mod tests {
     fn divergence_keeps_the_last_weights_with_a_finite_loss() {
         // The MLP, and a linear model whose SGD step updates per non-zero (its undo log holds
         // an id once per occurrence).
-        for (head, width, sole_writer) in [(Head::Mlp { hidden: vec![4] }, 4, false), (Head::Linear, 1, true)] {
-            divergence_keeps_the_last_weights(head, width, sole_writer);
+        // The MLP's per-id step, a linear model's per-non-zero step, and the latter with hot ids.
+        for (head, width, sole_writer, hot) in
+            [(Head::Mlp { hidden: vec![4] }, 4, false, false), (Head::Linear, 1, true, false), (Head::Linear, 1, false, true)]
+        {
+            divergence_keeps_the_last_weights(head, width, sole_writer, hot);
         }
     }
 
-    fn divergence_keeps_the_last_weights(head: Head, width: usize, sole_writer: bool) {
+    fn divergence_keeps_the_last_weights(head: Head, width: usize, sole_writer: bool, hot: bool) {
         let data = make_ctr(&CtrSpec { n_rows: 512, n_features: 1 << 10, seed: 2, ..Default::default() }).unwrap();
         let x = data[0].matrix.view().unwrap();
         let mut cfg = config(head, width, OptimizerKind::Sgd);
         cfg.normalize = false;
         cfg.optimizer.learning_rate = 1e30;
         let model = Model::new(cfg).unwrap();
-        let mut ws = Workspace { sole_writer, ..model.workspace() };
-        assert_eq!(model.updates_per_nonzero(&ws), sole_writer);
+        let hot_ids = hot.then(|| std::sync::Arc::new(HotIds::new(0..200).unwrap()));
+        let mut ws = Workspace { sole_writer, hot_ids, ..model.workspace() };
+        assert_eq!(model.updates_per_nonzero(&ws), sole_writer || hot);
         let rows: Vec<u32> = (0..512).collect();
         let mut snapshots = vec![model.tensors().iter().map(|(_, _, t)| t.to_vec()).collect::<Vec<_>>()];
         let mut failed = None;

@@ -207,6 +207,12 @@ pub struct Workspace {
     /// between threads, those repeated writes of hot weights bounce cache lines (2 threads ran at
     /// half the speed of one).
     pub sole_writer: bool,
+    /// Set for Hogwild threads training a linear model with plain SGD: the ids whose terms are
+    /// summed per batch while the others are updated per non-zero (`Model::updates_per_nonzero`).
+    pub hot_ids: Option<std::sync::Arc<super::hot_ids::HotIds>>,
+    /// The hot ids' sums of one batch (weights, feature biases), then 8 spare sums.
+    pub hot_grad: Vec<f32>,
+    pub hot_grad_feat_bias: Vec<f32>,
     /// A linear model's SGD step without deduplication (`SparseLinear::forward_per_nonzero`):
     /// each non-zero's feature id and weight, in batch order.
     pub nonzero_ids: Vec<u64>,

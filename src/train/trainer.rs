@@ -208,6 +208,8 @@ pub fn fit<P: Idx, I: Idx>(
     if !options.continue_epoch || model.batches_into_epoch.load(Relaxed) as usize >= n_batches {
         model.batches_into_epoch.store(0, Relaxed);
     }
+    // Sampled once per call (a millisecond or two), for Hogwild threads only.
+    let hot_ids = if pool.is_some() && !columns { model.hot_ids(&data.x) } else { None };
     let mut batches_left = options.max_batches.unwrap_or(usize::MAX);
     let mut epoch = 0;
     while epoch < options.epochs && batches_left > 0 {
@@ -270,6 +272,7 @@ pub fn fit<P: Idx, I: Idx>(
                     for _ in 0..threads {
                         scope.spawn(|_| {
                             let mut ws = model.workspace();
+                            ws.hot_ids = hot_ids.clone();
                             let train = |_, b: &Batch<'_, '_, P, I>| model.train_batch(b, &mut ws);
                             work(data, &order, options.batch_size, end_batch, &state, train, || Ok(()));
                             finished.fetch_add(1, Relaxed);
@@ -430,6 +433,42 @@ mod tests {
         for ((name, _, x), (_, _, y)) in a.tensors().into_iter().zip(b.tensors()) {
             assert_eq!(x.to_vec(), y.to_vec(), "{name}");
         }
+    }
+
+    /// Hogwild threads training a linear model with plain SGD sum the hot ids' terms per batch
+    /// (`HotIds`); trained on 2 threads, the model is about as good as on one.
+    #[test]
+    fn hogwild_linear_sgd_sums_hot_ids_and_learns_as_one_thread() {
+        let days = make_ctr(&CtrSpec { n_rows: 6000, n_features: 1 << 12, seed: 5, days: 2, ..Default::default() }).unwrap();
+        let (x, test) = (days[0].matrix.view().unwrap(), days[1].matrix.view().unwrap());
+        let linear = |kind, l2| {
+            Model::new(ModelConfig {
+                sparse_width: 1,
+                head: Head::Linear,
+                optimizer: OptimizerConfig { kind, learning_rate: 0.1, l1: 0.0, l2 },
+                ..model().config.clone()
+            })
+            .unwrap()
+        };
+        assert!(linear(OptimizerKind::Sgd, 0.0).hot_ids(&x).is_some_and(|h| h.len() >= 20));
+        // Only plain SGD's update is linear in the gradient.
+        assert!(linear(OptimizerKind::Sgd, 1e-4).hot_ids(&x).is_none());
+        assert!(linear(OptimizerKind::LazyAdam, 0.0).hot_ids(&x).is_none());
+        assert!(model().hot_ids(&x).is_none());
+        let losses = [1, 2].map(|threads| {
+            let m = linear(OptimizerKind::Sgd, 0.0);
+            let data = TrainData::new(x, &days[0].labels, None, &m).unwrap();
+            let options = FitOptions { epochs: 2, batch_size: 128, threads, ..Default::default() };
+            fit(&m, &data, &options, &mut |_| Ok(())).unwrap();
+            let mut logits = vec![0.0f32; test.n_rows()];
+            m.decision_function(&test, &mut logits).unwrap();
+            let p: Vec<f32> = logits.iter().map(|&z| 1.0 / (1.0 + (-z).exp())).collect();
+            crate::metrics::logloss(&days[1].labels, &p, None).unwrap()
+        });
+        let base_rate = days[1].labels.iter().sum::<f32>() as f64 / test.n_rows() as f64;
+        let constant = -(base_rate * base_rate.ln() + (1.0 - base_rate) * (1.0 - base_rate).ln());
+        assert!(losses[0] < 0.95 * constant, "{losses:?} {constant}");
+        assert!((losses[1] - losses[0]).abs() < 0.02 * losses[0], "{losses:?}");
     }
 
     #[test]
