@@ -597,14 +597,15 @@ impl Model {
 /// sum to zero are left out: plain SGD would not change them.
 fn sum_hot_ids(hot: &HotIds, with_feat_bias: bool, ws: &mut Workspace) {
     let n_hot = hot.len();
-    // Rare ids add their terms to a spare sum (`HotIds::sum_index`) instead of branching.
+    // Rare ids add their terms to a spare sum (`HotIds::sum_index`, looked up by the forward
+    // pass) instead of branching.
+    debug_assert_eq!(ws.nonzero_sum.len(), ws.nonzero_ids.len());
     zeroed(&mut ws.hot_grad, n_hot + 8);
     zeroed(&mut ws.hot_grad_feat_bias, n_hot + 8);
-    let Workspace { nonzero_ids: ids, grad_rows, grad_feat_bias, hot_grad, hot_grad_feat_bias, .. } = ws;
+    let Workspace { nonzero_ids: ids, nonzero_sum, grad_rows, grad_feat_bias, hot_grad, hot_grad_feat_bias, .. } = ws;
     let mut kept = 0;
-    for k in 0..ids.len() {
-        let id = ids[k];
-        let sum = hot.sum_index(id, k);
+    for (k, &sum) in nonzero_sum.iter().enumerate() {
+        let (id, sum) = (ids[k], sum as usize);
         let g = grad_rows[k];
         hot_grad[sum] += g;
         ids[kept] = id;

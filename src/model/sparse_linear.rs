@@ -154,36 +154,67 @@ impl SparseLinear {
         debug_assert_eq!(self.width, 1);
         let weight = &self.weight.values;
         let bias = self.bias.values.get(0);
-        ws.batch.nnz_y.clear();
+        // Written by position into buffers sized for the batch, through a local view of them:
+        // pushed one by one, each buffer's length went to memory and back at every non-zero (a
+        // store of a float might be one of a length, as far as the compiler knew).
+        let nnz: usize = rows.iter().map(|&r| x.row(r as usize).0.len()).sum();
+        // A Hogwild thread's hot ids are looked up here, where the loop mostly waits on the
+        // weights' cache misses, rather than in the update.
+        let hot_ids = ws.hot_ids.clone();
+        resized(&mut ws.batch.nnz_y, nnz);
+        resized(&mut ws.nonzero_w, nnz);
+        ws.nonzero_ids.resize(nnz, 0);
+        ws.nonzero_sum.resize(if hot_ids.is_some() { nnz } else { 0 }, 0);
         ws.batch.row_end.clear();
-        ws.nonzero_ids.clear();
-        ws.nonzero_w.clear();
         ws.pre[0].clear();
-        let prefetch_state = |_: &Workspace, id: usize| {
+        struct Out<'w> {
+            y: &'w mut [f32],
+            ids: &'w mut [u64],
+            w: &'w mut [f32],
+            sum_index: &'w mut [u32],
+            row_end: &'w mut Vec<usize>,
+            row_sums: &'w mut Vec<f32>,
+            next: usize,
+            row_sum: f32,
+        }
+        let mut out = Out {
+            y: &mut ws.batch.nnz_y,
+            ids: &mut ws.nonzero_ids,
+            w: &mut ws.nonzero_w,
+            sum_index: &mut ws.nonzero_sum,
+            row_end: &mut ws.batch.row_end,
+            row_sums: &mut ws.pre[0],
+            next: 0,
+            row_sum: bias,
+        };
+        let prefetch_state = |_: &Out, id: usize| {
             weight.prefetch_one(id);
             if let Some(n) = norm {
                 n.max_abs.prefetch_one(id);
                 n.feat_bias.values.prefetch_one(id);
             }
         };
-        // The row's sum is read and restarted through a cell shared by both closures.
-        let sum = std::cell::Cell::new(bias);
-        let visit = |ws: &mut Workspace, id: usize, v: f32| {
+        let visit = |out: &mut Out, id: usize, v: f32| {
             let y = match norm {
                 Some(n) => n.train_value(id, v),
                 None => v,
             };
             let w = weight.get(id);
-            sum.set(sum.get() + w * y);
-            ws.batch.nnz_y.push(y);
-            ws.nonzero_ids.push(id as u64);
-            ws.nonzero_w.push(w);
+            let k = out.next;
+            out.y[k] = y;
+            out.ids[k] = id as u64;
+            out.w[k] = w;
+            if let Some(hot) = &hot_ids {
+                out.sum_index[k] = hot.sum_index(id as u64, k) as u32;
+            }
+            out.row_sum += w * y;
+            out.next = k + 1;
         };
-        let row_done = |ws: &mut Workspace| {
-            ws.pre[0].push(sum.replace(bias));
-            ws.batch.row_end.push(ws.batch.nnz_y.len());
+        let row_done = |out: &mut Out| {
+            out.row_sums.push(std::mem::replace(&mut out.row_sum, bias));
+            out.row_end.push(out.next);
         };
-        walk_batch(x, rows, ws, prefetch_state, visit, row_done);
+        walk_batch(x, rows, &mut out, prefetch_state, visit, row_done);
     }
 
     /// Forgets a batch prepared with `Prepare::Ahead` that will not be trained: puts back the

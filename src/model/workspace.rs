@@ -217,6 +217,8 @@ pub struct Workspace {
     /// each non-zero's feature id and weight, in batch order.
     pub nonzero_ids: Vec<u64>,
     pub nonzero_w: Vec<f32>,
+    /// With hot ids: where each non-zero's terms are summed (`HotIds::sum_index`).
+    pub nonzero_sum: Vec<u32>,
     pub grad_feat_bias: Vec<f32>,
     pub grad_sparse_bias: Vec<f32>,
     pub grad_dense_w: Vec<Vec<f32>>,
