@@ -75,7 +75,7 @@ def bench_sparselin(data, model, batch, threads, parallel, optimizer, repeats, n
                   normalize=normalize, random_state=0)
         if optimizer == "sgd":
             # LR: at 0.5, 2 Hogwild threads (each step's gradient one step stale) sometimes
-            # trained to a test logloss of 0.4-1.1 where one thread gets 0.355; at 0.25 both
+            # trained to a test logloss of 0.39-1.35 where one thread gets 0.355; at 0.25 both
             # get 0.363 (batch 512, peers' input).
             kw["learning_rate"] = 0.25 if model == "LR" else 0.05
         clf = (SparseLogisticRegression if model == "LR" else SparseMLPClassifier)(**kw)

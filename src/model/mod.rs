@@ -421,14 +421,19 @@ impl Model {
     /// Hogwild threads take it too when their workspace holds hot ids (`hot_ids::HotIds`):
     /// those are summed per batch and updated once, the others per non-zero.
     pub fn updates_per_nonzero(&self, ws: &Workspace) -> bool {
-        (ws.sole_writer || ws.hot_ids.is_some()) && self.config.head == Head::Linear && self.config.optimizer.step(1).per_occurrence()
+        (ws.sole_writer || ws.hot_ids.is_some()) && self.is_linear_plain_sgd()
+    }
+
+    /// A linear model whose SGD step is linear in its gradient (no l2): the models that can be
+    /// updated per non-zero.
+    fn is_linear_plain_sgd(&self) -> bool {
+        self.config.head == Head::Linear && self.config.optimizer.step(1).per_occurrence()
     }
 
     /// The hot ids for Hogwild threads training this model on `x` (`Workspace::hot_ids`): only a
     /// linear model with plain SGD updates per non-zero.
     pub fn hot_ids<P: Idx, I: Idx>(&self, x: &CsrView<'_, P, I>) -> Option<std::sync::Arc<HotIds>> {
-        let per_nonzero = self.config.head == Head::Linear && self.config.optimizer.step(1).per_occurrence();
-        per_nonzero.then(|| HotIds::sample(x)).flatten().map(std::sync::Arc::new)
+        self.is_linear_plain_sgd().then(|| HotIds::sample(x)).flatten().map(std::sync::Arc::new)
     }
 
     /// The forward pass and loss of `updates_per_nonzero` training; leaves what the update needs
@@ -783,9 +788,8 @@ mod tests {
 
     #[test]
     fn divergence_keeps_the_last_weights_with_a_finite_loss() {
-        // The MLP, and a linear model whose SGD step updates per non-zero (its undo log holds
-        // an id once per occurrence).
-        // The MLP's per-id step, a linear model's per-non-zero step, and the latter with hot ids.
+        // The MLP's per-id step, and a linear model's per-non-zero step (its undo log holds an
+        // id once per occurrence), without and with hot ids.
         for (head, width, sole_writer, hot) in
             [(Head::Mlp { hidden: vec![4] }, 4, false, false), (Head::Linear, 1, true, false), (Head::Linear, 1, false, true)]
         {
