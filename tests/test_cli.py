@@ -103,3 +103,16 @@ def test_bench_writes_every_sparselin_row(tmp_path):
         assert float(rate.replace(",", "")) > 0
         logloss, auc = (float(v) for v in quality.rstrip(") ").split(" / "))
         assert 0 < logloss < 10 and 0 <= auc <= 1
+
+
+def test_roofline_visits_rows_in_first_seen_order():
+    # The model updates a batch's rows in the order their ids first occur; sorted ids would walk
+    # memory ascending and flatter the bound.
+    from sparselin.bench import distinct_in_order
+    rng = np.random.default_rng()
+    ids = rng.integers(0, 50, size=400)
+    expected = list(dict.fromkeys(ids.tolist()))
+    assert distinct_in_order(ids).tolist() == expected
+    assert expected != sorted(expected)
+    assert distinct_in_order(np.array([7, 3, 7, 1, 3])).tolist() == [7, 3, 1]
+    assert distinct_in_order(np.array([], dtype=np.int32)).tolist() == []

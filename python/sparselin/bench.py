@@ -340,17 +340,25 @@ def memory_bandwidth():
     return best
 
 
+def distinct_in_order(ids):
+    """The distinct ids in the order of their first occurrence, the order in which the model's
+    update visits a batch's rows (np.unique's sorted order would walk memory ascending, which
+    runs 11-14% faster and so would flatter the bound)."""
+    _, first = np.unique(ids, return_index=True)
+    return np.asarray(ids)[np.sort(first)]
+
+
 def roofline(data, batch, rate, threads):
     """Two bounds for the reference MLP with Lazy Adam at one thread. Bandwidth: the bytes of
     weights and optimizer state it touches per sample (W, m, v of each distinct row of a batch,
     read and written; max_abs, feature bias and its m, v of each non-zero) over the measured copy
     bandwidth. Random rows: the rate of plain Adam row updates (no atomics, checks or undo log;
     rows prefetched ahead as the model's update does) on the batches' own distinct rows of a
-    2^20 x 50 table, over the distinct rows per sample; the update alone, before any forward or
-    backward work."""
+    2^20 x 50 table, in the model's first-seen order, over the distinct rows per sample; the
+    update alone, before any forward or backward work."""
     from . import _core
     X = data.X[:20 * batch]
-    ids = [np.unique(X[s:s + batch].indices).astype(np.uint64).tolist() for s in range(0, X.shape[0], batch)]
+    ids = [distinct_in_order(X[s:s + batch].indices).astype(np.uint64).tolist() for s in range(0, X.shape[0], batch)]
     unique = np.mean([len(i) for i in ids]) / batch
     nnz = X.nnz / X.shape[0]
     per_sample = unique * 50 * 4 * 3 * 2 + nnz * 4 * 5
