@@ -105,6 +105,31 @@ def test_bench_writes_every_sparselin_row(tmp_path):
         assert 0 < logloss < 10 and 0 <= auc <= 1
 
 
+def test_bench_measures_in_rounds_and_reports_medians(tmp_path, monkeypatch):
+    # Every row runs once per round, in the same order each round (so a slow stretch of the
+    # machine falls on one run of many cells), and each cell is the median of its runs.
+    from sparselin import bench
+    calls = []
+
+    def fake(kind):
+        def measure(data, model, batch, threads, *rest, normalize=True):
+            key = (kind, model, threads, rest[:2] if kind == "bench_sparselin" else (), normalize)
+            calls.append(key)
+            return [300.0, 100.0, 200.0][calls.count(key) - 1], (0.5, 0.75)
+        return measure
+
+    for name in ("bench_sparselin", "bench_row_partitioned", "bench_baseline"):
+        monkeypatch.setattr(bench, name, fake(name))
+    md = tmp_path / "bench.md"
+    assert bench.main(["--rows", "2000", "--test-rows", "500", "--repeats", "3", "--batch-sizes", "512", "--threads", "2",
+                       "--baseline-rows", "512", "--no-peers", "--md", str(md)]) == 0
+    rows = len(set(calls))
+    assert rows == 20 and calls == calls[:rows] * 3, calls
+    cells = [line.split("|")[5].strip() for line in md.read_text().splitlines()
+             if line.startswith(("| sparselin", "| row-partitioned", "| dense baseline"))]
+    assert len(cells) == rows and all(c == "200 (0.5000 / 0.7500)" for c in cells), cells
+
+
 def test_roofline_visits_rows_in_first_seen_order():
     # The model updates a batch's rows in the order their ids first occur; sorted ids would walk
     # memory ascending and flatter the bound.

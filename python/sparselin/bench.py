@@ -2,7 +2,10 @@
 the same data (make_ctr, Twitter-like), the same threads and the same batch sizes.
 
 Each cell is the median samples/s over ``--repeats`` epochs from a fresh model (training time
-of the epoch, data in memory) with the test logloss / AUC of the last run beside it. Rows:
+of the epoch, data in memory) with the test logloss / AUC of the last run beside it. The table
+is measured in ``--repeats`` rounds, each running every cell once (Vowpal Wabbit's runs come
+after them, in a row), so that a slow stretch of a noisy machine does not fall on all the runs
+of one cell. Rows:
 sparselin optimized (Hogwild; columns mode on several threads; and with ``normalize=False`` on the
 peers' scaled rows, the same input and work as theirs), the talk's dense baseline
 (sparse x dense matmul forward, dense gradient, dense optimizer step over the whole table: our
@@ -406,52 +409,82 @@ def main(argv=None):
             chart[f"{system} {model} {opt} {threads}t"] = cells[batches.index(512)][0]
 
     print("\n".join(lines), flush=True)
+    # Rows in table order: (system, model, optimizer, threads, measure); `measure()` runs each cell
+    # of the row once and returns [(samples/s, (logloss, auc))] per batch size (None: a line that
+    # says a peer is not installed).
+    plan = []
+    tf_workdir = tempfile.TemporaryDirectory()  # TensorFlow's copy of the data, written once
+    workdir = tf_workdir.name
+
+    def add(system, model, opt, threads, measure):
+        plan.append((system, model, opt, threads, measure))
+
     for model in ("LR", "MLP"):
         for threads in thread_list:
             for parallel in (("hogwild", "columns") if threads > 1 else ("hogwild",)):
                 name = "sparselin" if parallel == "hogwild" else "sparselin (columns)"
-                row(name, model, "lazy_adam", threads,
-                    [bench_sparselin(data, model, b, threads, parallel, "lazy_adam", args.repeats) for b in batches])
+                add(name, model, "lazy_adam", threads, lambda model=model, threads=threads, parallel=parallel:
+                    [bench_sparselin(data, model, b, threads, parallel, "lazy_adam", 1) for b in batches])
             if threads > 1:
-                row("row-partitioned batches (talk's approach A)", model, "lazy_adam", threads,
-                    [bench_row_partitioned(data, model, b, threads, args.repeats) for b in batches])
+                add("row-partitioned batches (talk's approach A)", model, "lazy_adam", threads,
+                    lambda model=model, threads=threads: [bench_row_partitioned(data, model, b, threads, 1) for b in batches])
         for threads in thread_list:
-            row(NO_NORM, model, "lazy_adam", threads,
-                [bench_sparselin(data, model, b, threads, "hogwild", "lazy_adam", args.repeats, normalize=False)
-                 for b in batches])
+            add(NO_NORM, model, "lazy_adam", threads, lambda model=model, threads=threads:
+                [bench_sparselin(data, model, b, threads, "hogwild", "lazy_adam", 1, normalize=False) for b in batches])
         if model == "LR":
-            for threads in thread_list:
-                row("sparselin", "LR", "sgd", threads,
-                    [bench_sparselin(data, "LR", b, threads, "hogwild", "sgd", args.repeats) for b in batches])
-            for threads in thread_list:
-                row(NO_NORM, "LR", "sgd", threads,
-                    [bench_sparselin(data, "LR", b, threads, "hogwild", "sgd", args.repeats, normalize=False)
-                     for b in batches])
+            for normalize in (True, False):
+                for threads in thread_list:
+                    add("sparselin" if normalize else NO_NORM, "LR", "sgd", threads, lambda threads=threads, normalize=normalize:
+                        [bench_sparselin(data, "LR", b, threads, "hogwild", "sgd", 1, normalize=normalize) for b in batches])
         for threads in thread_list:
-            row(f"dense baseline ({args.baseline_rows:,} rows)", model, "adam", threads,
+            add(f"dense baseline ({args.baseline_rows:,} rows)", model, "adam", threads, lambda model=model, threads=threads:
                 [bench_baseline(data, model, b, threads, args.baseline_rows) for b in batches])
         if not args.no_peers:
-            try:
+            if _installed("torch"):
                 for threads in thread_list:
-                    row("PyTorch EmbeddingBag+SparseAdam", model, "sparse_adam", threads,
-                        [bench_torch(data, model, b, threads, args.repeats) for b in batches])
-            except ImportError:
-                lines.append(f"| PyTorch | {model} | not installed |")
-            if _installed("tensorflow"):
-                with tempfile.TemporaryDirectory() as workdir:
-                    for threads in thread_list:
-                        row("TensorFlow embedding_lookup_sparse+LazyAdam", model, "lazy_adam", threads,
-                            bench_tensorflow(data, model, batches, threads, args.repeats, workdir))
+                    add("PyTorch EmbeddingBag+SparseAdam", model, "sparse_adam", threads, lambda model=model, threads=threads:
+                        [bench_torch(data, model, b, threads, 1) for b in batches])
             else:
-                lines.append(f"| TensorFlow | {model} | not installed |")
+                add(f"PyTorch | {model} | not installed", None, None, None, None)
+            if _installed("tensorflow"):
+                for threads in thread_list:
+                    add("TensorFlow embedding_lookup_sparse+LazyAdam", model, "lazy_adam", threads,
+                        lambda model=model, threads=threads: bench_tensorflow(data, model, batches, threads, 1, workdir))
+            else:
+                add(f"TensorFlow | {model} | not installed", None, None, None, None)
     if not args.no_peers:
-        try:
-            rate, q = bench_sklearn(data, args.repeats)
-            lines.append(f"| scikit-learn SGDClassifier (per-sample SGD) | LR | sgd | 1 | {rate:,.0f} ({q[0]:.4f} / {q[1]:.4f}) |")
+        if _installed("sklearn"):
+            add("scikit-learn SGDClassifier (per-sample SGD)", "LR", "sgd", 1, lambda: [bench_sklearn(data, 1)])
+        else:
+            add("scikit-learn | not installed", None, None, None, None)
+
+    # The table is measured round by round: each round runs every row's cells once, and a cell is
+    # the median of its rounds. A slow stretch of a noisy machine then falls on one run of many
+    # cells, not on every run of one (a cell's runs back to back once put columns mode at 57% of
+    # Hogwild on a machine where alternating runs measured 85-103%).
+    runs = [[] for _ in plan]
+    try:
+        for round_ in range(args.repeats):
+            for k, (system, model, opt, threads, measure) in enumerate(plan):
+                if measure is not None:
+                    runs[k].append(measure())
+            print(f"(round {round_ + 1} of {args.repeats} done)", file=sys.stderr, flush=True)
+    finally:
+        tf_workdir.cleanup()
+    for (system, model, opt, threads, measure), cells_by_run in zip(plan, runs):
+        if measure is None:
+            lines.append(f"| {system} |")
+            continue
+        cells = [(statistics.median(run[j][0] for run in cells_by_run), cells_by_run[-1][j][1]) for j in range(len(cells_by_run[0]))]
+        if system.startswith("scikit-learn"):
+            (rate, q), = cells
+            lines.append(f"| {system} | LR | sgd | 1 | {rate:,.0f} ({q[0]:.4f} / {q[1]:.4f}) |")
             print(lines[-1], flush=True)
             chart["scikit-learn SGD LR 1t"] = rate
-        except ImportError:
-            lines.append("| scikit-learn | not installed |")
+        else:
+            row(system, model, opt, threads, cells)
+    if not args.no_peers:
+        # Vowpal Wabbit writes its input files once and then times its own repeats, in a row.
         try:
             rates, q = bench_vw(data, args.repeats)
             for source, rate in rates.items():
