@@ -88,9 +88,9 @@ fn kernels(c: &mut Criterion) {
         })
     });
     let dh: Vec<f32> = (0..BATCH * WIDTH).map(|i| ((i % 7) as f32 - 3.0) * 1e-3).collect();
-    // One workspace per batch, prepared, with its rows loaded and its non-zeros grouped by slot,
-    // so the backward pass is timed alone and any benchmark can run alone (a filter on the
-    // command line skips the others).
+    // One workspace per batch, prepared, with its rows loaded and its non-zeros grouped by slot
+    // (`backward_deferred`), so the backward passes are timed alone and any benchmark can run
+    // alone (a filter on the command line skips the others).
     let mut prepared_ws: Vec<Workspace> = rows
         .iter()
         .map(|r| {
@@ -98,7 +98,6 @@ fn kernels(c: &mut Criterion) {
             adam.sparse.prepare(&x, r, adam.norm.as_ref(), Prepare::Now, &mut w.batch);
             w.row_cache.resize(w.batch.slots.len() * WIDTH, 0.0);
             adam.sparse.load_rows(&w.batch.slots.ids, 0, &mut w.row_cache);
-            adam.sparse.backward(&dh, true, &mut w);
             adam.sparse.backward_deferred(&dh, true, &mut w);
             w
         })
