@@ -357,8 +357,8 @@ def roofline(data, batch, rate, threads):
     read and written; max_abs, feature bias and its m, v of each non-zero) over the measured copy
     bandwidth. Random rows: the rate of plain Adam row updates (no atomics, checks or undo log;
     rows prefetched ahead as the model's update does) on the batches' own distinct rows of a
-    2^20 x 50 table, in the model's first-seen order, over the distinct rows per sample; the
-    update alone, before any forward or backward work."""
+    2^20 x 50 table on huge pages as the model's, in the model's first-seen order, over the
+    distinct rows per sample; the update alone, before any forward or backward work."""
     from . import _core
     X = data.X[:20 * batch]
     ids = [distinct_in_order(X[s:s + batch].indices).astype(np.uint64).tolist() for s in range(0, X.shape[0], batch)]

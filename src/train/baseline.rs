@@ -10,7 +10,7 @@ use crate::data::{epoch_order, Idx};
 use crate::error::{Error, Result};
 use crate::model::{Batch, Model};
 use crate::optim::UndoLog;
-use crate::train::shared::{prefetch_slice, rows_ahead};
+use crate::train::shared::{huge_page_zeros, prefetch_slice, rows_ahead};
 
 /// The talk's comparison points that `sparselin bench` runs beside the optimized trainer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -103,7 +103,7 @@ pub fn fit_dense_baseline<P: Idx, I: Idx>(
 
 /// The memory roofline of the lazy Adam step, for `sparselin bench`: plain-Rust Adam updates (no
 /// atomics, no undo log, no checks) of `width`-wide rows of a plain `n_rows` x `width` table, W,
-/// m and v in three arrays as the model keeps them, for each list of distinct ids in `batches`,
+/// m and v in three arrays on huge pages as the model keeps them, for each list of distinct ids in `batches`,
 /// rows prefetched as far ahead as the model's own update does (without, the same loop runs at
 /// a quarter of the rate: it waits for every row). Returns distinct rows updated per second, the
 /// best of `repeats` passes after a first pass that commits the pages.
@@ -112,7 +112,9 @@ pub fn adam_row_roofline(n_rows: usize, width: usize, batches: &[Vec<u64>], repe
     if let Some(&id) = batches.iter().flatten().find(|&&id| id as usize >= n_rows) {
         return Err(crate::invalid!("row id {id} is out of range [0, {n_rows})"));
     }
-    let (mut w, mut m, mut v) = (vec![0.5f32; n], vec![0.0f32; n], vec![0.0f32; n]);
+    // On huge pages, as the model's tables are.
+    let (mut w, mut m, mut v) = (huge_page_zeros::<f32>(n)?, huge_page_zeros::<f32>(n)?, huge_page_zeros::<f32>(n)?);
+    w.fill(0.5);
     let grads: Vec<f32> = (0..width).map(|j| (j as f32 - width as f32 / 2.0) * 1e-4).collect();
     let rows: usize = batches.iter().map(Vec::len).sum();
     let ahead_rows = rows_ahead(width);
