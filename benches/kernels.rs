@@ -118,8 +118,8 @@ fn kernels(c: &mut Criterion) {
         })
     });
     // Roofline: the gather-sum on a plain f32 table, one W row per non-zero, no dedup.
-    // Plain arrays on huge pages, as the model's tables are: on 4 KiB pages the Adam roofline,
-    // run alone, measured 1.2-1.5x slower on a 2-core EPYC VM.
+    // Plain arrays on the pages the model's tables use (huge pages), so the roofline measures
+    // the same memory system.
     let mut plain_w = huge_page_zeros::<f32>(N_FEATURES * WIDTH).unwrap();
     plain_w.iter_mut().enumerate().for_each(|(i, w)| *w = (i % 13) as f32 * 1e-3);
     let mut h = vec![0.0f32; BATCH * WIDTH];

@@ -103,10 +103,10 @@ pub fn fit_dense_baseline<P: Idx, I: Idx>(
 
 /// The memory roofline of the lazy Adam step, for `sparselin bench`: plain-Rust Adam updates (no
 /// atomics, no undo log, no checks) of `width`-wide rows of a plain `n_rows` x `width` table, W,
-/// m and v in three arrays on huge pages as the model keeps them, for each list of distinct ids in `batches`,
-/// rows prefetched as far ahead as the model's own update does (without, the same loop runs at
-/// a quarter of the rate: it waits for every row). Returns distinct rows updated per second, the
-/// best of `repeats` passes after a first pass that commits the pages.
+/// m and v in three arrays on huge pages as the model keeps them, for each list of distinct ids
+/// in `batches`, rows prefetched as far ahead as the model's own update does (without, the same
+/// loop runs at a quarter of the rate: it waits for every row). Returns distinct rows updated
+/// per second, the best of `repeats` passes after a first pass that commits the pages.
 pub fn adam_row_roofline(n_rows: usize, width: usize, batches: &[Vec<u64>], repeats: usize) -> Result<f64> {
     let n = n_rows.checked_mul(width).ok_or_else(|| crate::invalid!("n_rows * width overflows"))?;
     if let Some(&id) = batches.iter().flatten().find(|&&id| id as usize >= n_rows) {

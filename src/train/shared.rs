@@ -16,7 +16,7 @@ pub struct SharedF32 {
 
 fn alloc_error(n: usize, bytes_each: usize) -> Error {
     Error::InvalidInput(format!(
-        "cannot allocate {:.2} GiB for a tensor of {n} floats: reduce n_features or sparse_width",
+        "cannot allocate {:.2} GiB for a tensor of {n} floats: reduce its rows or width (n_features, sparse_width)",
         n as f64 * bytes_each as f64 / (1u64 << 30) as f64
     ))
 }
@@ -184,28 +184,35 @@ impl SharedF32 {
     }
 }
 
-/// Element types whose all-zero bit pattern is a valid value.
+/// Element types for which `size_of::<T>()` zero bytes are a valid value; sealed, so only the
+/// two below (the tables' element types) can be allocated by `huge_page_zeros`.
 ///
 /// # Safety
-/// An implementor must be valid for every bit pattern of all zeros.
-pub unsafe trait ZeroValid {}
-// SAFETY: zero bits are 0.0 for f32, and a valid AtomicU32 (same size, alignment and bit
-// validity as u32, per the std docs).
+/// All-zero bytes must be a valid, safe value of the implementing type.
+pub unsafe trait ZeroValid: sealed::Sealed {}
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for std::sync::atomic::AtomicU32 {}
+}
+// SAFETY: zero bytes are the f32 0.0.
 unsafe impl ZeroValid for f32 {}
+// SAFETY: AtomicU32 has the size, alignment and bit validity of u32 (std docs); zero is a u32.
 unsafe impl ZeroValid for AtomicU32 {}
 
 /// `n` zeros, advised onto huge pages (`advise_huge_pages`). Uses `alloc_zeroed`, so pages that
 /// are never touched (optimizer state of rows no batch uses) are never committed by the OS;
-/// reports a failed allocation as an error instead of aborting the process. Plain `vec![0.0; n]`
-/// gets 4 KiB pages under THP's usual `madvise` setting: a bench's plain-array Adam roofline built that way measured 1.2-1.5x slower
-/// on a 2-core EPYC VM than on huge pages.
+/// reports a failed allocation as an error instead of aborting the process. Benches' plain
+/// arrays come from here too: a roofline must run on the pages the model uses, and `vec!` gets
+/// 4 KiB pages under THP's `madvise` mode (`docs/benchmarks.md`, 2026-11-29).
 pub fn huge_page_zeros<T: ZeroValid>(n: usize) -> Result<Vec<T>> {
-    if n == 0 || std::mem::size_of::<T>() == 0 {
+    const { assert!(std::mem::size_of::<T>() != 0, "alloc_zeroed of a zero-sized layout is undefined") };
+    if n == 0 {
         return Ok(Vec::new());
     }
     let layout = std::alloc::Layout::array::<T>(n).map_err(|_| alloc_error(n, std::mem::size_of::<T>()))?;
-    // SAFETY: `layout` has non-zero size (n > 0, T not zero-sized). A null return is handled.
-    // The memory is zeroed, and all-zero bits are a valid T (`ZeroValid`). The pointer comes from
+    // SAFETY: `layout` has non-zero size (n > 0, T not zero-sized: asserted above). A null
+    // return is handled. The memory is zeroed, and all-zero bits are a valid T (`ZeroValid`). The pointer comes from
     // the global allocator with exactly the layout `Vec<T>` uses for capacity n, so
     // `Vec::from_raw_parts` may own and later free it.
     let data = unsafe {
@@ -399,7 +406,9 @@ mod tests {
 
     #[test]
     fn huge_page_zeros_are_zeros_or_a_clear_error() {
-        let v = huge_page_zeros::<f32>((4 << 20) + 3).unwrap(); // spans whole 2 MiB pages and a partial one
+        let n = (4 << 20) + 3; // whole 2 MiB pages and a partial one
+        let v = huge_page_zeros::<f32>(n).unwrap();
+        assert_eq!(v.len(), n);
         assert!(v.iter().all(|&x| x == 0.0));
         assert!(huge_page_zeros::<f32>(0).unwrap().is_empty());
         // More than the address space: an error naming the size, not an abort.
