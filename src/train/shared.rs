@@ -212,9 +212,9 @@ pub fn huge_page_zeros<T: ZeroValid>(n: usize) -> Result<Vec<T>> {
     }
     let layout = std::alloc::Layout::array::<T>(n).map_err(|_| alloc_error(n, std::mem::size_of::<T>()))?;
     // SAFETY: `layout` has non-zero size (n > 0, T not zero-sized: asserted above). A null
-    // return is handled. The memory is zeroed, and all-zero bits are a valid T (`ZeroValid`). The pointer comes from
-    // the global allocator with exactly the layout `Vec<T>` uses for capacity n, so
-    // `Vec::from_raw_parts` may own and later free it.
+    // return is handled. The memory is zeroed, and all-zero bits are a valid T (`ZeroValid`).
+    // The pointer comes from the global allocator with exactly the layout `Vec<T>` uses for
+    // capacity n, so `Vec::from_raw_parts` may own and later free it.
     let data = unsafe {
         let ptr = std::alloc::alloc_zeroed(layout) as *mut T;
         if ptr.is_null() {
